@@ -1,0 +1,266 @@
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "caffe/layers/unpooling_layer.hpp"
+#include "caffe/util/math_functions.hpp"
+
+namespace caffe {
+
+template <typename Dtype>
+std::string UnpoolingLayer<Dtype>::Where() const {
+  return "Unpooling layer '" + this->layer_param_.name() + "': ";
+}
+
+template <typename Dtype>
+void UnpoolingLayer<Dtype>::LayerSetUp(const vector<Blob<Dtype>*>& bottom,
+      const vector<Blob<Dtype>*>& top) {
+  const PoolingParameter& pool = this->layer_param_.pooling_param();
+  const UnpoolingParameter& unpool = this->layer_param_.unpooling_param();
+  CHECK(!pool.global_pooling()) << Where()
+      << "global pooling cannot be inverted; use explicit kernel sizes";
+  CHECK(pool.pool() == PoolingParameter_PoolMethod_MAX) << Where()
+      << "only MAX pooling has switches to invert";
+  CHECK(pool.has_kernel_size() != (pool.has_kernel_h() && pool.has_kernel_w()))
+      << Where() << "give kernel_size or kernel_h and kernel_w, not both";
+  kernel_h_ = pool.has_kernel_size() ? pool.kernel_size() : pool.kernel_h();
+  kernel_w_ = pool.has_kernel_size() ? pool.kernel_size() : pool.kernel_w();
+  stride_h_ = pool.has_stride_h() ? pool.stride_h() : pool.stride();
+  stride_w_ = pool.has_stride_w() ? pool.stride_w() : pool.stride();
+  pad_h_ = pool.has_pad_h() ? pool.pad_h() : pool.pad();
+  pad_w_ = pool.has_pad_w() ? pool.pad_w() : pool.pad();
+  CHECK_GT(kernel_h_, 0) << Where() << "kernel cannot be zero";
+  CHECK_GT(kernel_w_, 0) << Where() << "kernel cannot be zero";
+  CHECK_GT(stride_h_, 0) << Where() << "stride cannot be zero";
+  CHECK_GT(stride_w_, 0) << Where() << "stride cannot be zero";
+  CHECK_LT(pad_h_, kernel_h_) << Where() << "pad must be smaller than kernel";
+  CHECK_LT(pad_w_, kernel_w_) << Where() << "pad must be smaller than kernel";
+  ceil_mode_ = pool.round_mode() == PoolingParameter_RoundMode_CEIL;
+
+  switch (unpool.switches()) {
+  case UnpoolingParameter_Switches_KNOWN:
+    known_switches_ = true;
+    break;
+  case UnpoolingParameter_Switches_FIXED:
+    known_switches_ = false;
+    break;
+  default:
+    known_switches_ = bottom.size() >= 2;
+  }
+  const int expected = known_switches_ ? 2 : 1;
+  CHECK(bottom.size() == expected || bottom.size() == expected + 1)
+      << Where() << (known_switches_ ? "known" : "fixed") << " switches take "
+      << expected << " bottom(s) plus an optional shape reference, got "
+      << bottom.size();
+  has_reference_ = bottom.size() == expected + 1;
+  CHECK(!(has_reference_ && (unpool.has_out_h() || unpool.has_out_w())))
+      << Where() << "give a reference bottom or out_h/out_w, not both";
+  CHECK(unpool.has_out_h() == unpool.has_out_w())
+      << Where() << "give both out_h and out_w";
+
+  offset_h_ = unpool.has_offset_h() ? unpool.offset_h() : kernel_h_ / 2;
+  offset_w_ = unpool.has_offset_w() ? unpool.offset_w() : kernel_w_ / 2;
+  CHECK_LT(offset_h_, kernel_h_) << Where() << "offset_h outside the window";
+  CHECK_LT(offset_w_, kernel_w_) << Where() << "offset_w outside the window";
+  average_ = unpool.overlap() == UnpoolingParameter_Overlap_AVERAGE;
+  overlapping_ = kernel_h_ > stride_h_ || kernel_w_ > stride_w_;
+}
+
+template <typename Dtype>
+int UnpoolingLayer<Dtype>::PooledSize(int in, int kernel, int stride,
+    int pad) const {
+  const float span = static_cast<float>(in + 2 * pad - kernel) / stride;
+  int pooled = static_cast<int>(ceil_mode_ ? ceil(span) : floor(span)) + 1;
+  // Caffe's Pooling drops a last window that starts inside the padding.
+  if (pad > 0 && (pooled - 1) * stride >= in + pad) {
+    --pooled;
+  }
+  return pooled;
+}
+
+template <typename Dtype>
+void UnpoolingLayer<Dtype>::Reshape(const vector<Blob<Dtype>*>& bottom,
+      const vector<Blob<Dtype>*>& top) {
+  CHECK_EQ(4, bottom[0]->num_axes()) << Where()
+      << "values must be N x C x H x W, got " << bottom[0]->shape_string();
+  channels_ = bottom[0]->channels();
+  pooled_height_ = bottom[0]->height();
+  pooled_width_ = bottom[0]->width();
+  if (known_switches_) {
+    CHECK(bottom[0]->shape() == bottom[1]->shape()) << Where()
+        << "switches " << bottom[1]->shape_string()
+        << " must have the shape of the values " << bottom[0]->shape_string();
+  }
+  const UnpoolingParameter& unpool = this->layer_param_.unpooling_param();
+  if (has_reference_) {
+    const Blob<Dtype>* ref = bottom.back();
+    CHECK_EQ(4, ref->num_axes()) << Where() << "reference bottom must be 4-D";
+    height_ = ref->height();
+    width_ = ref->width();
+  } else if (unpool.has_out_h()) {
+    height_ = unpool.out_h();
+    width_ = unpool.out_w();
+  } else {
+    height_ = (pooled_height_ - 1) * stride_h_ + kernel_h_ - 2 * pad_h_;
+    width_ = (pooled_width_ - 1) * stride_w_ + kernel_w_ - 2 * pad_w_;
+  }
+  CHECK(height_ > 0 && width_ > 0) << Where() << "output size " << height_
+      << " x " << width_ << " is empty";
+  // The output must be a shape that pools back to the input's shape.
+  const int ph = PooledSize(height_, kernel_h_, stride_h_, pad_h_);
+  const int pw = PooledSize(width_, kernel_w_, stride_w_, pad_w_);
+  CHECK(ph == pooled_height_ && pw == pooled_width_) << Where()
+      << "cannot mirror: an output of " << height_ << " x " << width_
+      << " pools (kernel " << kernel_h_ << "x" << kernel_w_ << ", stride "
+      << stride_h_ << "x" << stride_w_ << ", pad " << pad_h_ << "x" << pad_w_
+      << ") to " << ph << " x " << pw << ", not the input's "
+      << pooled_height_ << " x " << pooled_width_;
+  top[0]->Reshape(bottom[0]->num(), channels_, height_, width_);
+  need_count_ = (average_ && overlapping_) || top.size() > 1;
+  if (need_count_) {
+    count_.ReshapeLike(*top[0]);
+  } else {
+    count_.Reshape(vector<int>());
+  }
+  if (top.size() > 1) {
+    top[1]->ReshapeLike(*top[0]);
+  }
+}
+
+template <typename Dtype>
+void UnpoolingLayer<Dtype>::Forward_cpu(const vector<Blob<Dtype>*>& bottom,
+      const vector<Blob<Dtype>*>& top) {
+  const Dtype* values = bottom[0]->cpu_data();
+  const Dtype* switches = known_switches_ ? bottom[1]->cpu_data() : NULL;
+  Dtype* out = top[0]->mutable_cpu_data();
+  Dtype* count = need_count_ ? count_.mutable_cpu_data() : NULL;
+  caffe_set(top[0]->count(), Dtype(0), out);
+  if (count) {
+    caffe_set(count_.count(), Dtype(0), count);
+  }
+  const int planes = bottom[0]->num() * channels_;
+  const int plane_in = pooled_height_ * pooled_width_;
+  const int plane_out = height_ * width_;
+  for (int p = 0; p < planes; ++p) {
+    for (int ph = 0; ph < pooled_height_; ++ph) {
+      for (int pw = 0; pw < pooled_width_; ++pw) {
+        const int i = ph * pooled_width_ + pw;
+        const int hstart = ph * stride_h_ - pad_h_;
+        const int wstart = pw * stride_w_ - pad_w_;
+        int h, w;
+        if (known_switches_) {
+          const int s = static_cast<int>(switches[i]);
+          h = s / width_;
+          w = s % width_;
+          CHECK(s >= 0 && s < plane_out && h >= hstart && w >= wstart
+                && h < hstart + kernel_h_ && w < wstart + kernel_w_)
+              << Where() << "switch " << switches[i] << " at (plane " << p
+              << ", " << ph << ", " << pw << ") lies outside its pooling "
+              << "window; is bottom[1] the mask top of a Pooling layer with "
+              << "the same kernel, stride and pad?";
+        } else {
+          h = hstart + offset_h_;
+          w = wstart + offset_w_;
+          if (h < 0 || w < 0 || h >= height_ || w >= width_) {
+            continue;  // the fixed cell lies in the padding: value dropped
+          }
+        }
+        const int j = h * width_ + w;
+        if (average_ && overlapping_) {
+          // Running mean: exact when equal values collide (the max of two
+          // windows at one location), unlike sum / count.
+          count[j] += 1;
+          out[j] += (values[i] - out[j]) / count[j];
+        } else {
+          out[j] += values[i];
+          if (count) {
+            count[j] += 1;
+          }
+        }
+      }
+    }
+    values += plane_in;
+    if (switches) {
+      switches += plane_in;
+    }
+    out += plane_out;
+    if (count) {
+      count += plane_out;
+    }
+  }
+  if (top.size() > 1) {
+    caffe_copy(count_.count(), count_.cpu_data(), top[1]->mutable_cpu_data());
+  }
+}
+
+template <typename Dtype>
+void UnpoolingLayer<Dtype>::ClearNonValueDiffs(
+    const vector<bool>& propagate_down, const vector<Blob<Dtype>*>& bottom,
+    bool gpu) {
+  for (int b = 1; b < bottom.size(); ++b) {
+    if (!propagate_down[b]) {
+      continue;
+    }
+    if (gpu) {
+#ifndef CPU_ONLY
+      caffe_gpu_set(bottom[b]->count(), Dtype(0),
+                    bottom[b]->mutable_gpu_diff());
+#endif
+    } else {
+      caffe_set(bottom[b]->count(), Dtype(0), bottom[b]->mutable_cpu_diff());
+    }
+  }
+}
+
+template <typename Dtype>
+void UnpoolingLayer<Dtype>::Backward_cpu(const vector<Blob<Dtype>*>& top,
+      const vector<bool>& propagate_down, const vector<Blob<Dtype>*>& bottom) {
+  ClearNonValueDiffs(propagate_down, bottom, false);
+  if (!propagate_down[0]) {
+    return;
+  }
+  const Dtype* top_diff = top[0]->cpu_diff();
+  const Dtype* switches = known_switches_ ? bottom[1]->cpu_data() : NULL;
+  const Dtype* count = (average_ && overlapping_) ? count_.cpu_data() : NULL;
+  Dtype* diff = bottom[0]->mutable_cpu_diff();
+  const int planes = bottom[0]->num() * channels_;
+  const int plane_in = pooled_height_ * pooled_width_;
+  const int plane_out = height_ * width_;
+  for (int p = 0; p < planes; ++p) {
+    for (int ph = 0; ph < pooled_height_; ++ph) {
+      for (int pw = 0; pw < pooled_width_; ++pw) {
+        const int i = ph * pooled_width_ + pw;
+        int j;
+        if (known_switches_) {
+          j = static_cast<int>(switches[i]);
+        } else {
+          const int h = ph * stride_h_ - pad_h_ + offset_h_;
+          const int w = pw * stride_w_ - pad_w_ + offset_w_;
+          if (h < 0 || w < 0 || h >= height_ || w >= width_) {
+            diff[i] = 0;
+            continue;
+          }
+          j = h * width_ + w;
+        }
+        diff[i] = count ? top_diff[j] / count[j] : top_diff[j];
+      }
+    }
+    diff += plane_in;
+    if (switches) {
+      switches += plane_in;
+    }
+    top_diff += plane_out;
+    if (count) {
+      count += plane_out;
+    }
+  }
+}
+
+#ifdef CPU_ONLY
+STUB_GPU(UnpoolingLayer);
+#endif
+
+INSTANTIATE_CLASS(UnpoolingLayer);
+REGISTER_LAYER_CLASS(Unpooling);
+
+}  // namespace caffe
