@@ -11,6 +11,11 @@ from .errors import ReconDecError
 # module name under recon_dec/ for each sub-command, in --help order
 COMMANDS = [
     "generate",
+    "data",
+    "train",
+    "plot",
+    "evaluate",
+    "report",
 ]
 
 

@@ -1,0 +1,387 @@
+"""Image LMDBs for Caffe: encoded-image ``Datum`` records (JPEG/PNG, the
+shorter edge resized to a fixed size), keys ``%08d`` in list order, written
+resumably, with a manifest (count, SHA-256) that ``verify_lmdb`` re-checks.
+
+The manifest lives inside the LMDB directory as ``recon_dec_manifest.json``
+(Caffe ignores files it does not know)."""
+import hashlib
+import json
+import os
+import time
+
+import numpy as np
+
+from . import atomic
+from .errors import ReconDecError
+
+MANIFEST = "recon_dec_manifest.json"
+FORMAT = "recon-dec-lmdb/1"
+MAP_SIZE = 1 << 40  # sparse on Linux; only what is written takes space
+COMMIT_EVERY = 256
+
+
+def _cv2():
+    import cv2
+    return cv2
+
+
+def _pb2():
+    from caffe.proto import caffe_pb2
+    return caffe_pb2
+
+
+# --------------------------------------------------------------------------
+# images
+def resize_shorter(img, size):
+    """Resizes ``img`` (HxW or HxWxC uint8) so its shorter edge is ``size``,
+    keeping the aspect ratio (the longer edge rounded half up) -- the same
+    rule as the ScaleJitterData layer. ``size`` None/0 keeps the image."""
+    if not size:
+        return img
+    h, w = img.shape[:2]
+    if h <= w:
+        nh, nw = size, int(np.floor(w * size / h + 0.5))
+    else:
+        nh, nw = int(np.floor(h * size / w + 0.5)), size
+    if (nh, nw) == (h, w):
+        return img
+    return _cv2().resize(img, (nw, nh), interpolation=_cv2().INTER_LINEAR)
+
+
+def centre_crop(img, crop):
+    h, w = img.shape[:2]
+    if h < crop or w < crop:
+        raise ValueError(f"image {h}x{w} is smaller than the {crop} crop")
+    y, x = (h - crop) // 2, (w - crop) // 2
+    return img[y:y + crop, x:x + crop]
+
+
+def load_image(item):
+    """``item`` is a path or a uint8 array (HxW grey or HxWx3 BGR)."""
+    if isinstance(item, np.ndarray):
+        if item.dtype != np.uint8 or item.ndim not in (2, 3) or \
+                (item.ndim == 3 and item.shape[2] not in (1, 3)):
+            raise ReconDecError(f"in-memory image: need a uint8 HxW or HxWx3 array, "
+                                f"got {item.dtype} {item.shape}")
+        return item[:, :, 0] if item.ndim == 3 and item.shape[2] == 1 else item
+    path = os.fspath(item)
+    if not os.path.isfile(path):
+        raise ReconDecError(f"{path}: no such image file")
+    img = _cv2().imread(path, _cv2().IMREAD_COLOR)
+    if img is None:
+        raise ReconDecError(f"{path}: not a readable image (OpenCV cannot decode it)")
+    return img
+
+
+def encode_image(img, encoding="png", quality=95):
+    cv2 = _cv2()
+    ext = {"jpg": ".jpg", "jpeg": ".jpg", "png": ".png"}.get(encoding)
+    if ext is None:
+        raise ReconDecError(f"unknown encoding '{encoding}' (jpg or png)")
+    params = [cv2.IMWRITE_JPEG_QUALITY, quality] if ext == ".jpg" else []
+    ok, buf = cv2.imencode(ext, img, params)
+    if not ok:
+        raise ReconDecError(f"OpenCV could not encode an image as {encoding}")
+    return buf.tobytes()
+
+
+def decode_value(value, color=None, where=""):
+    """Datum bytes -> (uint8 image HxW or HxWx3 BGR, label)."""
+    cv2 = _cv2()
+    d = _pb2().Datum()
+    try:
+        d.ParseFromString(value)
+    except Exception:
+        raise ReconDecError(f"{where}: an entry is not a caffe Datum")
+    if d.encoded:
+        flag = cv2.IMREAD_UNCHANGED if color is None else \
+            (cv2.IMREAD_COLOR if color else cv2.IMREAD_GRAYSCALE)
+        img = cv2.imdecode(np.frombuffer(d.data, np.uint8), flag)
+        if img is None:
+            raise ReconDecError(f"{where}: an image could not be decoded")
+    else:
+        img = np.frombuffer(d.data, np.uint8).reshape(d.channels, d.height, d.width)
+        img = img[0] if d.channels == 1 else img.transpose(1, 2, 0)
+        if color is True and img.ndim == 2:
+            img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+        elif color is False and img.ndim == 3:
+            img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+    return img, d.label
+
+
+def make_value(encoded, label, shape):
+    d = _pb2().Datum()
+    d.encoded = True
+    d.label = int(label)
+    d.data = encoded
+    d.height, d.width = shape[:2]
+    d.channels = 1 if len(shape) == 2 else shape[2]
+    return d.SerializeToString()
+
+
+# --------------------------------------------------------------------------
+# lists
+def read_list(list_file, images_root="."):
+    """``path label`` per line (Caffe's convert_imageset format) ->
+    [(absolute path, label)]."""
+    items = []
+    try:
+        lines = open(list_file).read().splitlines()
+    except OSError as e:
+        raise ReconDecError(f"{list_file}: {e.strerror}")
+    for n, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.rsplit(None, 1)
+        try:
+            label = int(parts[1])
+        except (IndexError, ValueError):
+            raise ReconDecError(f"{list_file}: line {n}: expected 'PATH LABEL', got '{line}'")
+        items.append((os.path.join(images_root, parts[0]), label))
+    if not items:
+        raise ReconDecError(f"{list_file}: the list is empty")
+    return items
+
+
+def _fingerprint(items, shorter_edge, encoding):
+    h = hashlib.sha256(f"{shorter_edge}|{encoding}|{len(items)}\n".encode())
+    for item, label in items:
+        if isinstance(item, np.ndarray):
+            h.update(hashlib.sha256(np.ascontiguousarray(item).tobytes()).digest())
+            h.update(str(item.shape).encode())
+        else:
+            h.update(os.fspath(item).encode())
+        h.update(f"|{int(label)}\n".encode())
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------
+# LMDB access with one-line errors
+def open_lmdb(db, write=False):
+    import lmdb
+    db = os.fspath(db)
+    if not write:
+        if not os.path.exists(db):
+            raise ReconDecError(f"{db}: no such LMDB")
+        if not os.path.isfile(os.path.join(db, "data.mdb")):
+            raise ReconDecError(f"{db}: not an LMDB directory (no data.mdb)")
+    try:
+        if write:
+            return lmdb.open(db, map_size=MAP_SIZE, subdir=True, sync=True)
+        return lmdb.open(db, readonly=True, lock=False, subdir=True)
+    except lmdb.Error as e:
+        raise ReconDecError(f"{db}: corrupt or unreadable LMDB ({str(e).splitlines()[0]})")
+
+
+def read_manifest(db):
+    path = os.path.join(os.fspath(db), MANIFEST)
+    if not os.path.isfile(path):
+        return None
+    try:
+        return json.load(open(path))
+    except ValueError:
+        raise ReconDecError(f"{path}: corrupt manifest (not JSON)")
+
+
+def check_lmdb(db):
+    """Cheap check that ``db`` opens and has at least one entry (for the
+    training driver and evaluation, before Caffe would abort on it)."""
+    import lmdb
+    env = open_lmdb(db)
+    try:
+        with env.begin() as txn:
+            n = txn.stat()["entries"]
+            if n == 0:
+                raise ReconDecError(f"{db}: the LMDB is empty")
+            cur = txn.cursor()
+            cur.first()
+            cur.value()
+    except lmdb.Error as e:
+        raise ReconDecError(f"{db}: corrupt LMDB ({str(e).splitlines()[0]})")
+    finally:
+        env.close()
+    return n
+
+
+def iter_lmdb(db):
+    """Yields (key bytes, value bytes) in key order."""
+    import lmdb
+    env = open_lmdb(db)
+    try:
+        with env.begin() as txn:
+            for k, v in txn.cursor():
+                yield k, v
+    except lmdb.Error as e:
+        raise ReconDecError(f"{db}: corrupt LMDB ({str(e).splitlines()[0]})")
+    finally:
+        env.close()
+
+
+def _progress(total, initial, desc, enabled):
+    from tqdm import tqdm
+    return tqdm(total=total, initial=initial, desc=desc, unit="img",
+                disable=not enabled, dynamic_ncols=True)
+
+
+# --------------------------------------------------------------------------
+def _encode_item(args):
+    item, label, shorter_edge, encoding, quality = args
+    img = resize_shorter(load_image(item), shorter_edge)
+    return make_value(encode_image(img, encoding, quality), label, img.shape)
+
+
+def build_lmdb(items, out, shorter_edge=None, encoding="png", quality=95,
+               progress=True, commit_every=COMMIT_EVERY, workers=1):
+    """Writes ``items`` ([(path or uint8 array, label)]) to the LMDB ``out``
+    as encoded Datums, shorter edge resized to ``shorter_edge`` (None keeps
+    the size). Resumable: rerun with the same items after an interruption and
+    it continues after the last committed entry. ``workers`` > 1 decodes and
+    encodes in that many processes (keys stay in list order). Returns the
+    manifest."""
+    import lmdb
+    out = os.fspath(out)
+    items = list(items)
+    if not items:
+        raise ReconDecError(f"{out}: nothing to write (empty item list)")
+    fp = _fingerprint(items, shorter_edge, encoding)
+    manifest = read_manifest(out) if os.path.isdir(out) else None
+    if os.path.exists(out) and manifest is None and os.listdir(out):
+        raise ReconDecError(f"{out}: exists and was not written by recon-dec data build; "
+                            "remove it or choose another --out")
+    if manifest is not None and manifest.get("fingerprint") != fp:
+        raise ReconDecError(f"{out}: already holds an LMDB built from another list or "
+                            "settings; remove it or choose another --out")
+    if manifest is not None and manifest.get("complete"):
+        return manifest
+    base = {"format": FORMAT, "fingerprint": fp, "shorter_edge": shorter_edge,
+            "encoding": encoding, "total": len(items)}
+    os.makedirs(out, exist_ok=True)
+    atomic.write_text(os.path.join(out, MANIFEST),
+                      json.dumps(dict(base, complete=False), indent=1))
+    env = open_lmdb(out, write=True)
+    sha = hashlib.sha256()
+    labels = {}
+    start = 0
+    try:
+        with env.begin() as txn:       # re-hash what an earlier run committed
+            for k, v in txn.cursor():
+                if int(k) != start:
+                    raise ReconDecError(f"{out}: unexpected key {k!r} (the LMDB is not "
+                                        "one recon-dec wrote in list order)")
+                sha.update(k)
+                sha.update(v)
+                lab = items[start][1]
+                labels[lab] = labels.get(lab, 0) + 1
+                start += 1
+        bar = _progress(len(items), start, os.path.basename(out.rstrip("/")), progress)
+        t0 = time.time()
+        txn = env.begin(write=True)
+        jobs = ((items[i][0], items[i][1], shorter_edge, encoding, quality)
+                for i in range(start, len(items)))
+        pool = None
+        if workers and workers > 1 and len(items) - start > 1:
+            import multiprocessing
+            pool = multiprocessing.get_context("fork").Pool(workers)
+            values = pool.imap(_encode_item, jobs, chunksize=16)
+        else:
+            values = map(_encode_item, jobs)
+        for i in range(start, len(items)):
+            label = items[i][1]
+            try:
+                value = next(values)
+            except BaseException:
+                if pool is not None:
+                    pool.terminate()
+                txn.commit()  # keep what precedes the failing item
+                raise
+            key = f"{i:08d}".encode()
+            txn.put(key, value)
+            sha.update(key)
+            sha.update(value)
+            labels[label] = labels.get(label, 0) + 1
+            if (i + 1) % commit_every == 0:
+                txn.commit()
+                txn = env.begin(write=True)
+            bar.update(1)
+        txn.commit()
+        bar.close()
+        if pool is not None:
+            pool.close()
+            pool.join()
+        env.sync()
+    except lmdb.Error as e:
+        raise ReconDecError(f"{out}: LMDB error ({str(e).splitlines()[0]})")
+    finally:
+        env.close()
+    manifest = dict(base, complete=True, count=len(items), sha256=sha.hexdigest(),
+                    resumed_from=start,
+                    num_classes=max(labels) + 1 if labels else 0,
+                    per_label={str(k): labels[k] for k in sorted(labels)},
+                    seconds_last_run=round(time.time() - t0, 3))
+    atomic.write_text(os.path.join(out, MANIFEST), json.dumps(manifest, indent=1))
+    return manifest
+
+
+def verify_lmdb(db, decode=False, progress=False):
+    """Re-counts and re-hashes ``db`` against its manifest; with ``decode``
+    also decodes every image. Returns the manifest; raises ReconDecError."""
+    db = os.fspath(db)
+    env = open_lmdb(db)
+    env.close()
+    manifest = read_manifest(db)
+    if manifest is None:
+        raise ReconDecError(f"{db}: no {MANIFEST}; was it written by recon-dec data build?")
+    if not manifest.get("complete"):
+        raise ReconDecError(f"{db}: the build did not finish; rerun the same "
+                            "`recon-dec data build` to resume it")
+    sha = hashlib.sha256()
+    n = 0
+    bar = _progress(manifest["count"], 0, "verify", progress)
+    for k, v in iter_lmdb(db):
+        sha.update(k)
+        sha.update(v)
+        if decode:
+            decode_value(v, where=f"{db}: key {k.decode(errors='replace')}")
+        n += 1
+        bar.update(1)
+    bar.close()
+    if n != manifest["count"]:
+        raise ReconDecError(f"{db}: {n} entries, the manifest says {manifest['count']}")
+    if sha.hexdigest() != manifest["sha256"]:
+        raise ReconDecError(f"{db}: checksum mismatch (the LMDB changed since it was built)")
+    return manifest
+
+
+# --------------------------------------------------------------------------
+def register(subparsers):
+    p = subparsers.add_parser("data", help="build and verify image LMDBs")
+    sub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    b = sub.add_parser("build", help="encoded-image LMDB from an image list (resumable)")
+    b.add_argument("--images", required=True, help="root the list's paths are relative to")
+    b.add_argument("--list", required=True, help="'PATH LABEL' per line")
+    b.add_argument("--out", required=True, help="LMDB directory to write")
+    b.add_argument("--shorter-edge", type=int, default=512,
+                   help="resize so the shorter edge is this (train 512, val 256; 0 keeps)")
+    b.add_argument("--encoding", choices=["jpg", "png"], default="jpg")
+    b.add_argument("--quality", type=int, default=95, help="JPEG quality")
+    b.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="decoding/encoding processes (default: all CPUs)")
+    b.add_argument("--no-progress", action="store_true")
+    b.set_defaults(func=_cmd_build)
+    v = sub.add_parser("verify", help="re-check an LMDB's count and checksum")
+    v.add_argument("db")
+    v.add_argument("--decode", action="store_true", help="also decode every image")
+    v.set_defaults(func=_cmd_verify)
+
+
+def _cmd_build(args):
+    items = read_list(args.list, args.images)
+    m = build_lmdb(items, args.out, args.shorter_edge or None, args.encoding,
+                   args.quality, progress=not args.no_progress, workers=args.workers)
+    print(f"{args.out}: {m['count']} images, {m['num_classes']} classes, sha256 {m['sha256'][:16]}...")
+
+
+def _cmd_verify(args):
+    m = verify_lmdb(args.db, decode=args.decode, progress=True)
+    print(f"{args.db}: OK ({m['count']} images, sha256 {m['sha256'][:16]}...)")

@@ -1,0 +1,360 @@
+"""Evaluation of a deploy net on an image LMDB: single-crop (shorter edge S,
+centre C x C crop, no mirror) and dense (the fc layers turned into
+convolutions with the same weights; image at shorter edge S and its mirror;
+class posteriors averaged over the spatial grid and both), top-1 / top-5
+error in percent."""
+import json
+import os
+import tempfile
+import time
+
+import numpy as np
+
+from . import atomic, data
+from .errors import ReconDecError
+
+FORMAT = "recon-dec-eval/1"
+
+
+def _caffe():
+    import caffe
+    return caffe
+
+
+def _read_net(path):
+    from .train import read_net
+    return read_net(path)
+
+
+def parse_mean(mean, channels):
+    """``mean``: None, a list of numbers, "104,117,123", a .npy or a
+    .binaryproto (mean image, averaged per channel) -> float32 (channels,)."""
+    if mean is None or mean == "":
+        return np.zeros(channels, np.float32)
+    if isinstance(mean, str):
+        if os.path.isfile(mean):
+            if mean.endswith(".npy"):
+                arr = np.load(mean)
+            else:
+                from caffe.proto import caffe_pb2
+                b = caffe_pb2.BlobProto()
+                b.ParseFromString(open(mean, "rb").read())
+                arr = _caffe().io.blobproto_to_array(b)[0]
+            arr = np.asarray(arr, np.float32)
+            vals = arr.reshape(arr.shape[0], -1).mean(1) if arr.ndim >= 2 else arr
+        else:
+            try:
+                vals = [float(v) for v in mean.split(",")]
+            except ValueError:
+                raise ReconDecError(f"--mean: '{mean}' is neither a file nor comma-separated numbers")
+    else:
+        vals = list(mean)
+    vals = np.asarray(vals, np.float32).ravel()
+    if vals.size == 1:
+        vals = np.repeat(vals, channels)
+    if vals.size != channels:
+        raise ReconDecError(f"--mean: {vals.size} values for a {channels}-channel input")
+    return vals
+
+
+# --------------------------------------------------------------------------
+def _blob_shape(b):
+    if b.HasField("shape"):
+        return tuple(b.shape.dim)
+    return tuple(d for d in (b.num, b.channels, b.height, b.width))
+
+
+def load_weights(net, weights, deploy):
+    """Copies ``weights`` (caffemodel) into ``net`` by layer name, checking
+    shapes first: a mismatch is a one-line ReconDecError, not an abort."""
+    from caffe.proto import caffe_pb2
+    if not os.path.isfile(weights):
+        raise ReconDecError(f"{weights}: no such weights file")
+    m = caffe_pb2.NetParameter()
+    try:
+        with open(weights, "rb") as f:
+            m.ParseFromString(f.read())
+    except Exception:
+        raise ReconDecError(f"{weights}: not a caffemodel (cannot parse it)")
+    src = {l.name: l.blobs for l in list(m.layers) + list(m.layer) if l.blobs}
+    copied = 0
+    for name, params in net.params.items():
+        if name not in src:
+            continue
+        blobs = src[name]
+        if len(blobs) != len(params):
+            raise ReconDecError(f"{weights}: layer '{name}': {len(blobs)} param blobs, "
+                                f"the net ({deploy}) has {len(params)}")
+        for i, (b, p) in enumerate(zip(blobs, params)):
+            shape = _blob_shape(b)
+            if b.HasField("shape"):  # Caffe requires the exact shape
+                bad = shape != tuple(p.data.shape)
+            else:  # legacy num/channels/height/width: compared as 4-D
+                bad = shape != (1,) * (4 - p.data.ndim) + tuple(p.data.shape)
+            if bad:
+                raise ReconDecError(f"{weights}: layer '{name}': param {i} has shape "
+                                    f"{'x'.join(map(str, shape))}, the net ({deploy}) needs "
+                                    f"{'x'.join(map(str, p.data.shape))}")
+        copied += 1
+    missing = [n for n in net.params if n not in src]
+    if copied == 0 or missing:
+        raise ReconDecError(f"{weights}: no weights for layer '{missing[0]}' of {deploy}"
+                            if missing else f"{weights}: no layer matches {deploy}")
+    del m, src
+    net.copy_from(weights)  # checked above, so Caffe's own checks pass
+    return copied
+
+
+def load_net(deploy, weights, gpu=None):
+    caffe = _caffe()
+    _read_net(deploy)  # a clear error for an unparsable prototxt
+    if gpu is None:
+        caffe.set_mode_cpu()
+    else:
+        caffe.set_device(int(gpu))
+        caffe.set_mode_gpu()
+    net = caffe.Net(deploy, caffe.TEST)
+    if weights:
+        load_weights(net, weights, deploy)
+    return net
+
+
+def fully_convolutional(deploy, net, crop, out_prototxt):
+    """Writes a fully-convolutional version of ``deploy`` to ``out_prototxt``
+    (each InnerProduct becomes a Convolution of the same name whose kernel
+    covers its input at a ``crop`` input -- the first fc -- or 1x1; Flatten
+    layers feeding them are dropped) and returns a caffe.Net holding
+    ``net``'s weights, reshaped."""
+    from google.protobuf import text_format
+    caffe = _caffe()
+    param = _read_net(deploy)
+    inp = net.inputs[0]
+    shape = list(net.blobs[inp].data.shape)
+    net.blobs[inp].reshape(1, shape[1], crop, crop)
+    net.reshape()
+    flatten = {}   # top -> bottom of Flatten layers
+    keep = []
+    for l in param.layer:
+        if l.type == "Flatten":
+            flatten[l.top[0]] = l.bottom[0]
+            continue
+        keep.append(l)
+    del param.layer[:]
+    for l in keep:
+        for i, b in enumerate(l.bottom):
+            while b in flatten:
+                b = flatten[b]
+            l.bottom[i] = b
+        if l.type == "InnerProduct":
+            ip = l.inner_product_param
+            if ip.axis not in (1, -3) and ip.HasField("axis"):
+                raise ReconDecError(f"{deploy}: layer '{l.name}': InnerProduct axis {ip.axis} "
+                                    "cannot be converted to a convolution")
+            bshape = net.blobs[l.bottom[0]].data.shape
+            kh, kw = (bshape[2], bshape[3]) if len(bshape) == 4 else (1, 1)
+            conv = l.convolution_param
+            conv.num_output = ip.num_output
+            conv.bias_term = ip.bias_term
+            conv.kernel_h, conv.kernel_w = kh, kw
+            l.type = "Convolution"
+            l.ClearField("inner_product_param")
+        param.layer.add().CopyFrom(l)
+    atomic.write_text(out_prototxt, text_format.MessageToString(param))
+    fc = caffe.Net(out_prototxt, caffe.TEST)
+    for name, params in net.params.items():
+        for src, dst in zip(params, fc.params[name]):
+            if src.data.size != dst.data.size:
+                raise ReconDecError(f"{deploy}: layer '{name}': cannot reshape "
+                                    f"{src.data.shape} into {dst.data.shape}")
+            dst.data[...] = src.data.reshape(dst.data.shape)
+    return fc
+
+
+def convert_fc_to_conv(deploy, weights, crop, out_prototxt, out_caffemodel=None):
+    """Library/CLI helper: the fully-convolutional deploy (and weights)."""
+    net = load_net(deploy, weights)
+    fc = fully_convolutional(deploy, net, crop, out_prototxt)
+    if out_caffemodel:
+        with atomic.atomic_path(out_caffemodel) as tmp:
+            fc.save(tmp)
+    return fc
+
+
+# --------------------------------------------------------------------------
+def _softmax(x, axis=1):
+    x = x - x.max(axis=axis, keepdims=True)
+    e = np.exp(x)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def _ends_in_softmax(deploy, blob):
+    for l in _read_net(deploy).layer:
+        if blob in l.top and l.type == "Softmax":
+            return True
+    return False
+
+
+def _prep(img, mean, scale):
+    x = img.astype(np.float32)
+    if x.ndim == 2:
+        x = x[:, :, None]
+    return ((x - mean) * scale).transpose(2, 0, 1)
+
+
+def topk_errors(scores, labels, k=5):
+    """(top-1 %, top-k %, k used) with k = min(k, classes)."""
+    scores = np.asarray(scores)
+    labels = np.asarray(labels)
+    k = min(k, scores.shape[1])
+    order = np.argsort(-scores, axis=1, kind="stable")
+    top1 = float(np.mean(order[:, 0] != labels) * 100)
+    topk = float(np.mean(~np.any(order[:, :k] == labels[:, None], axis=1)) * 100)
+    return top1, topk, k
+
+
+def _entries(db, train_subset, seed):
+    """[(key, value)] to evaluate: all, or ``train_subset`` random ones."""
+    data.check_lmdb(db)
+    if not train_subset:
+        return data.iter_lmdb(db), None
+    keys = [k for k, _ in data.iter_lmdb(db)]
+    n = min(int(train_subset), len(keys))
+    pick = np.random.RandomState(seed).choice(len(keys), n, replace=False)
+    pick.sort()
+    env = data.open_lmdb(db)
+
+    def gen():
+        try:
+            with env.begin() as txn:
+                for i in pick:
+                    yield keys[i], txn.get(keys[i])
+        finally:
+            env.close()
+    return gen(), n
+
+
+def evaluate(deploy, weights, db, scheme="single-crop", shorter_edge=256, crop=224,
+             mean=None, scale=1.0, train_subset=None, seed=0, batch_size=25,
+             gpu=None, output=None, mirror=True, model=None, split=None,
+             progress=True, return_scores=False, limit=None):
+    """Top-1/top-5 error (%) of ``deploy``+``weights`` on the LMDB ``db``.
+    ``scheme``: "single-crop" or "dense". ``train_subset``: N random entries
+    (single crop; the paper's training error). Returns a result dict."""
+    from tqdm import tqdm
+    if scheme not in ("single-crop", "dense"):
+        raise ReconDecError(f"unknown scheme '{scheme}' (single-crop or dense)")
+    if shorter_edge < crop:
+        raise ReconDecError(f"shorter edge {shorter_edge} is smaller than the crop {crop}")
+    t0 = time.time()
+    net = load_net(deploy, weights, gpu)
+    inp = net.inputs[0]
+    channels = net.blobs[inp].data.shape[1]
+    out_blob = output or net.outputs[-1]
+    if out_blob not in net.blobs:
+        raise ReconDecError(f"{deploy}: no blob '{out_blob}'")
+    probs = _ends_in_softmax(deploy, out_blob)
+    meanv = parse_mean(mean, channels)
+    color = channels == 3
+    entries, n = _entries(db, train_subset, seed)
+    total = n if n else (limit or data.check_lmdb(db))
+    bar = tqdm(total=total, desc=f"{scheme} {os.path.basename(os.fspath(db).rstrip('/'))}",
+               unit="img", disable=not progress, dynamic_ncols=True)
+    all_scores, labels = [], []
+    tmpdir = None
+    if scheme == "dense":
+        tmpdir = tempfile.mkdtemp(prefix="recon-dec-fcn-")
+        fc = fully_convolutional(deploy, net, crop, os.path.join(tmpdir, "fcn.prototxt"))
+
+    def run_batch(batch):
+        x = np.stack(batch)
+        net.blobs[inp].reshape(*x.shape)
+        net.blobs[inp].data[...] = x
+        net.forward()
+        s = net.blobs[out_blob].data.reshape(len(batch), -1).copy()
+        return s if probs else _softmax(s)
+
+    batch = []
+    try:
+        for count, (k, v) in enumerate(entries):
+            if limit and count >= limit:
+                break
+            img, label = data.decode_value(v, color=color, where=f"{db}: key {k.decode(errors='replace')}")
+            img = data.resize_shorter(img, shorter_edge)
+            labels.append(label)
+            if scheme == "single-crop" or train_subset:
+                batch.append(_prep(data.centre_crop(img, crop), meanv, scale))
+                if len(batch) == batch_size:
+                    all_scores.append(run_batch(batch))
+                    batch = []
+            else:
+                x = _prep(img, meanv, scale)
+                xs = np.stack([x, x[:, :, ::-1]]) if mirror else x[None]
+                fc.blobs[inp].reshape(*xs.shape)
+                fc.blobs[inp].data[...] = xs
+                fc.forward()
+                s = fc.blobs[out_blob].data
+                if not probs:
+                    s = _softmax(s, axis=1)
+                all_scores.append(s.mean(axis=(0, 2, 3))[None])
+            bar.update(1)
+        if batch:
+            all_scores.append(run_batch(batch))
+    finally:
+        bar.close()
+        if tmpdir:
+            import shutil
+            shutil.rmtree(tmpdir, ignore_errors=True)
+    if not labels:
+        raise ReconDecError(f"{db}: no images to evaluate")
+    scores = np.concatenate(all_scores)
+    top1, top5, k = topk_errors(scores, labels)
+    secs = time.time() - t0
+    result = {
+        "format": FORMAT, "model": model, "split": split or ("train" if train_subset else "val"),
+        "scheme": "single-crop" if train_subset else scheme, "n": len(labels),
+        "classes": int(scores.shape[1]), "top1_error": top1, "top5_error": top5, "top5_k": k,
+        "shorter_edge": shorter_edge, "crop": crop, "mirror": bool(mirror and scheme == "dense"),
+        "deploy": os.path.abspath(deploy), "weights": os.path.abspath(weights) if weights else None,
+        "db": os.path.abspath(os.fspath(db)), "seconds": round(secs, 3),
+        "images_per_s": round(len(labels) / secs, 2) if secs else None,
+    }
+    if return_scores:
+        result["scores"] = scores
+        result["labels"] = np.asarray(labels)
+    return result
+
+
+def register(subparsers):
+    p = subparsers.add_parser("eval", help="top-1/top-5 error: single-crop or dense")
+    p.add_argument("--net", required=True, help="deploy prototxt")
+    p.add_argument("--weights", required=True)
+    p.add_argument("--db", required=True, help="LMDB of encoded images (recon-dec data build)")
+    p.add_argument("--scheme", choices=["single-crop", "dense"], default="single-crop")
+    p.add_argument("--train-subset", type=int, metavar="N",
+                   help="N random images of --db (training error; single crop)")
+    p.add_argument("--seed", type=int, default=0, help="for --train-subset")
+    p.add_argument("--mean", default="103.939,116.779,123.68",
+                   help="per-channel mean (BGR) values 'b,g,r', or a .binaryproto/.npy")
+    p.add_argument("--scale", type=float, default=1.0)
+    p.add_argument("--shorter-edge", type=int, default=256)
+    p.add_argument("--crop", type=int, default=224)
+    p.add_argument("--batch-size", type=int, default=25)
+    p.add_argument("--output", help="score blob (default: the net's last output)")
+    p.add_argument("--model", help="model name for the table (baseline, swwae-all, ...)")
+    p.add_argument("--gpu", type=int)
+    p.add_argument("--limit", type=int, help="evaluate only the first N images")
+    p.add_argument("--out", help="results JSON to write")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_eval)
+
+
+def _cmd_eval(args):
+    r = evaluate(args.net, args.weights, args.db, args.scheme, args.shorter_edge, args.crop,
+                 args.mean, args.scale, args.train_subset, args.seed, args.batch_size,
+                 args.gpu, args.output, model=args.model, progress=not args.no_progress,
+                 limit=args.limit)
+    text = json.dumps(r, indent=1)
+    if args.out:
+        atomic.write_text(args.out, text + "\n")
+    print(f"{r['split']} {r['scheme']}: top-1 error {r['top1_error']:.2f}%, "
+          f"top-{r['top5_k']} error {r['top5_error']:.2f}% on {r['n']} images")
