@@ -16,6 +16,7 @@ COMMANDS = [
     "plot",
     "evaluate",
     "report",
+    "demo",
 ]
 
 

@@ -404,7 +404,7 @@ def options_from_args(a):
                             ("batch", "--batch", int), ("iter_size", "--iter-size", int),
                             ("weight_decay", "--weight-decay", float), ("lr_policy", "--lr-policy", str),
                             ("stepsize", "--stepsize", int), ("gamma", "--gamma", float),
-                            ("snapshot", "--snapshot", int)):
+                            ("snapshot", "--snapshot", int), ("random_seed", "--random-seed", int)):
         per = _per_stage(getattr(a, key), cast, flag)
         if per:
             stage[key] = per
@@ -460,6 +460,8 @@ def register(subparsers):
     p.add_argument("--stepsize", action="append", help="step policy: iterations per LR drop")
     p.add_argument("--gamma", action="append", help="LR drop factor")
     p.add_argument("--snapshot", action="append", help="iterations between snapshots")
+    p.add_argument("--random-seed", action="append",
+                   help="solver random_seed (fillers, dropout) per stage; default unseeded")
     p.add_argument("--step2-lr", action="append", help="K=RATE: step-2 rate of macro-layer K's decoder (Table S-1)")
     p.add_argument("--loss-weight", action="append",
                    help="J=W: step-3/4 weight of the loss on macro-layer J's output (0 = image)")

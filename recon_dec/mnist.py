@@ -12,7 +12,7 @@ from .errors import ReconDecError
 
 N_IMAGES = 5000
 SIDE = 28
-PADDED_SIDE = 32
+PADDED_SIDE = 40  # 32x32 crops: the dense 2x2 grid (stride 8) tiles 40 exactly, as 224 in 256 at stride 32
 
 
 def mnist_5k_path():
@@ -43,7 +43,7 @@ def load_mnist_5k(path=None):
 
 
 def pad(images, side=PADDED_SIDE):
-    """Zero-pads 28x28 digits to side x side, centred (LeNet's 32x32 input)."""
+    """Zero-pads 28x28 digits to side x side, centred."""
     before = (side - images.shape[1]) // 2
     after = side - images.shape[1] - before
     return np.pad(images, ((0, 0), (before, after), (before, after)))
@@ -51,11 +51,14 @@ def pad(images, side=PADDED_SIDE):
 
 def split(labels, val_per_class=100, seed=0):
     """A fixed, class-stratified split: ``val_per_class`` images of each digit
-    for validation, the rest for training. Returns (train_idx, val_idx)."""
+    for validation, the rest for training. Returns (train_idx, val_idx); the
+    training indices come in a fixed random order (the CSV is sorted by digit
+    and Caffe's Data layer reads an LMDB in order, so an LMDB written in file
+    order would give single-digit batches)."""
     rng = np.random.default_rng(seed)
     train, val = [], []
     for digit in range(10):
         idx = rng.permutation(np.flatnonzero(labels == digit))
         val.extend(idx[:val_per_class])
         train.extend(idx[val_per_class:])
-    return np.sort(np.array(train)), np.sort(np.array(val))
+    return rng.permutation(np.array(train)), np.sort(np.array(val))

@@ -16,13 +16,13 @@ from .errors import ReconDecError
 # What the paper publishes is marked; everything else is our choice.
 STAGE_DEFAULTS = {
     2: dict(batch=16, iter_size=1, base_lr=1e-8, lr_policy="fixed", gamma=0.1, stepsize=0,
-            max_iter=80000, weight_decay=5e-4, snapshot=10000, momentum=0.9),
+            max_iter=80000, weight_decay=5e-4, snapshot=10000, momentum=0.9, random_seed=-1),
     3: dict(batch=16, iter_size=1, base_lr=1e-4, lr_policy="fixed", gamma=0.1, stepsize=0,
-            max_iter=40000, weight_decay=5e-4, snapshot=10000, momentum=0.9),
+            max_iter=40000, weight_decay=5e-4, snapshot=10000, momentum=0.9, random_seed=-1),
     4: dict(batch=16, iter_size=4, base_lr=1e-4, lr_policy="step", gamma=0.1, stepsize=160000,
-            max_iter=320000, weight_decay=5e-4, snapshot=10000, momentum=0.9),
+            max_iter=320000, weight_decay=5e-4, snapshot=10000, momentum=0.9, random_seed=-1),
     "recon": dict(batch=16, iter_size=1, base_lr=1e-8, lr_policy="fixed", gamma=0.1, stepsize=0,
-                  max_iter=80000, weight_decay=5e-4, snapshot=10000, momentum=0.9),
+                  max_iter=80000, weight_decay=5e-4, snapshot=10000, momentum=0.9, random_seed=-1),
 }
 
 PROVENANCE = """\
@@ -41,6 +41,7 @@ PROVENANCE = """\
 | step-4 iterations | 320000 (about 16 epochs at 64) | **not published, our choice** (SWWAE-all reached Table 1 in ~16 epochs) |
 | weight decay, all steps | 5e-4 (VGG's); decoder biases and frozen layers decay_mult 0 | **not published, our choice** |
 | loss weights (step 3/4) | image 1e-4, pool1-3 1e-12, pool4 1e-10 | published (VGG16); deeper nets reuse pool4's: **our choice** |
+| solver random_seed | unset (Caffe seeds from the clock); `--random-seed` makes fillers and dropout reproducible | our option |
 | inversion nets (Section 4.2) | image loss weight 1, base_lr 1e-8, batch 16, 80000 iterations | **not published, our choice** |
 """
 
@@ -89,7 +90,8 @@ def solver_text(net, settings, snapshot_prefix, test_iter=None, test_interval=No
         policy_params=policy, momentum=f"{settings['momentum']:g}",
         weight_decay=f"{settings['weight_decay']:g}", iter_size=int(settings["iter_size"]),
         max_iter=max_iter, display=20, snapshot=min(int(settings["snapshot"]), max_iter),
-        snapshot_prefix=snapshot_prefix, test=test, solver_mode=solver_mode)
+        snapshot_prefix=snapshot_prefix, test=test, solver_mode=solver_mode,
+        random_seed=(f"random_seed: {int(settings['random_seed'])}" if settings["random_seed"] >= 0 else ""))
     text = "\n".join(l for l in text.splitlines() if l.strip()) + "\n"
     try:
         text_format.Merge(text, caffe_pb2.SolverParameter())

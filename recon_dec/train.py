@@ -5,6 +5,7 @@ snapshot, forwarding SIGINT/SIGTERM as "snapshot and stop", logging to
 Caffe's log."""
 import glob
 import json
+import math
 import os
 import re
 import shutil
@@ -335,7 +336,7 @@ def run_stage(plan_path, stage, gpu=None, progress=True, caffe=None):
 
         old = {s: signal.signal(s, h) for s, h in
                ((signal.SIGINT, on_signal), (signal.SIGTERM, on_signal), (signal.SIGHUP, on_hup))}
-        fatal = None
+        fatal = diverged = None
         try:
             for line in proc.stdout:
                 log.write(line)
@@ -344,6 +345,13 @@ def run_stage(plan_path, stage, gpu=None, progress=True, caffe=None):
                 m = RE_FATAL.match(line)
                 if m and fatal is None:
                     fatal = m.group(1).strip()
+                m = RE_ITER.search(line)
+                if m and not math.isfinite(_float(m.group(3))) and diverged is None:
+                    # NaN weights are worthless, and NaN input makes Caffe's
+                    # MAX pooling leave mask -1, whose backward writes out of
+                    # bounds: stop at once, without a snapshot.
+                    diverged = (int(m.group(1)), m.group(3))
+                    proc.kill()
                 if state["snap_wanted"] and RE_SNAPSHOT.search(line):
                     state["snap_wanted"] = False
                     proc.send_signal(signal.SIGINT)
@@ -358,6 +366,10 @@ def run_stage(plan_path, stage, gpu=None, progress=True, caffe=None):
         snap = newest_snapshot(plan, st)
         at = f"iteration {snap[0]}" if snap else "no snapshot"
         raise KeyboardInterrupt(f"stage {step} stopped at {at}; rerun to resume")
+    if diverged:
+        raise ReconDecError(f"{log_path}: the loss became {diverged[1]} at iteration {diverged[0]}: "
+                            f"training diverged (learning rate too high for this net?); stopped, "
+                            f"nothing written beyond the earlier snapshots")
     if rc != 0:
         raise ReconDecError(_explain(fatal, rc, log_path, cmd))
     if not os.path.isfile(output):
@@ -365,6 +377,13 @@ def run_stage(plan_path, stage, gpu=None, progress=True, caffe=None):
                             f"{st['output']} was not written (does the solver's max_iter / "
                             f"snapshot_prefix match the plan?)")
     return output
+
+
+def _float(text):
+    try:
+        return float(text)
+    except ValueError:  # "-nan" and the like
+        return math.nan
 
 
 def _explain(fatal, rc, log_path, cmd):

@@ -14,9 +14,9 @@ def test_load_shapes_and_values():
     assert images.max() == 255
     assert np.bincount(labels).min() > 400
     padded = mnist.pad(images)
-    assert padded.shape == (5000, 32, 32)
-    np.testing.assert_array_equal(padded[:, 2:30, 2:30], images)
-    assert padded[:, :2].max() == 0 and padded[:, 30:].max() == 0
+    assert padded.shape == (5000, 40, 40)
+    np.testing.assert_array_equal(padded[:, 6:34, 6:34], images)
+    assert padded[:, :6].max() == 0 and padded[:, 34:].max() == 0
 
 
 def test_split_is_fixed_and_stratified():
@@ -28,3 +28,5 @@ def test_split_is_fixed_and_stratified():
     assert len(val) == 1000 and len(train) == 4000
     assert len(np.intersect1d(train, val)) == 0
     assert np.all(np.bincount(labels[val]) == 100)
+    # training order is shuffled: every batch of 64 holds several digits
+    assert min(len(np.unique(labels[train[i:i + 64]])) for i in range(0, 4000, 64)) >= 5
