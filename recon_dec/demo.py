@@ -275,7 +275,10 @@ def run_demo(out, seeds=1, quick=False):
 
     log("training the inversion nets of the reconstruction figure (fixed and known switches)")
     nets = figures.train_inversion_nets(info, info["n_macros"], step2, probe)
-    recon = figures.reconstruction_figure(nets, val_images[:200], mean,
+    # one digit of each class first (shown), then more for the error figures
+    first = [int(np.flatnonzero(val_labels == d)[0]) for d in range(10)]
+    rest = [i for i in range(0, len(val_labels), 5) if i not in first][:190]
+    recon = figures.reconstruction_figure(nets, val_images[first + rest], mean,
                                           os.path.join(out, "reconstructions.png"))
     curves = figures.curves(out, os.path.join(out, "curves"))
     summary = {"budget": asdict(budget), "seeds": seeds, "quick": quick, "mean_pixel": mean,

@@ -105,15 +105,33 @@ def load_weights(net, weights, deploy):
     return copied
 
 
+DECODER_PREFIX = "dec:"
+
+
+def classifier_only(param):
+    """Drops the decoder (layers named ``dec:...``) from a NetParameter: the
+    class scores never depend on it, and its unpooling shapes only mirror at
+    the training input size, not at a dense-evaluation size."""
+    keep = [l for l in param.layer if not l.name.startswith(DECODER_PREFIX)]
+    del param.layer[:]
+    param.layer.extend(keep)
+    return param
+
+
 def load_net(deploy, weights, gpu=None):
+    import tempfile
+    from google.protobuf import text_format
     caffe = _caffe()
-    _read_net(deploy)  # a clear error for an unparsable prototxt
+    param = classifier_only(_read_net(deploy))  # also a clear error for an unparsable prototxt
     if gpu is None:
         caffe.set_mode_cpu()
     else:
         caffe.set_device(int(gpu))
         caffe.set_mode_gpu()
-    net = caffe.Net(deploy, caffe.TEST)
+    with tempfile.NamedTemporaryFile("w", suffix=".prototxt") as f:
+        f.write(text_format.MessageToString(param))
+        f.flush()
+        net = caffe.Net(f.name, caffe.TEST)
     if weights:
         load_weights(net, weights, deploy)
     return net
@@ -127,7 +145,7 @@ def fully_convolutional(deploy, net, crop, out_prototxt):
     ``net``'s weights, reshaped."""
     from google.protobuf import text_format
     caffe = _caffe()
-    param = _read_net(deploy)
+    param = classifier_only(_read_net(deploy))
     inp = net.inputs[0]
     shape = list(net.blobs[inp].data.shape)
     net.blobs[inp].reshape(1, shape[1], crop, crop)

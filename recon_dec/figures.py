@@ -10,7 +10,7 @@ import numpy as np
 from . import atomic, plot, train
 from .errors import ReconDecError
 
-N_SHOWN = 8
+N_SHOWN = 10
 
 
 def _recon_plans(recon_plans, variant):

@@ -33,6 +33,10 @@ class Options:
     val_source: str = None
     root_folder: str = ""            # imagelist: prefix of the list's paths
     resize: int = 0                  # imagelist: resize to resize x resize first
+    scale_range: tuple = (256, 512)  # scale-jitter: random shorter edge in TRAIN (VGG)
+    test_size: int = 256             # scale-jitter: shorter edge in TEST
+    square_size: int = None          # scale-jitter: AlexNet's centre square size (mode CENTER_SQUARE)
+    threads: int = 4                 # scale-jitter: decoding threads per batch
     mean: tuple = None               # per-channel mean; default VGG's (3 channels) or none
     scale: float = 1.0               # transform_param scale
     crop: int = None                 # default: the (possibly overridden) input size
@@ -78,7 +82,9 @@ def data_layers(enc, opts, batch, phases=None):
     spec = dict(kind=opts.data, sources=sources, batch={"TRAIN": batch, "TEST": opts.test_batch},
                 crop=opts.crop or h, mirror=opts.mirror, mean=list(mean), scale=opts.scale,
                 root=_abs_or(opts.root_folder, "") + ("/" if opts.root_folder else ""),
-                resize=opts.resize)
+                resize=opts.resize,
+                jitter=dict(min_size=opts.scale_range[0], max_size=opts.scale_range[1],
+                            test_size=opts.test_size, square_size=opts.square_size, threads=opts.threads))
     return prototxt.data_layers(spec, c, phases)
 
 
@@ -398,6 +404,16 @@ def _pairs(values, flag):
     return out
 
 
+def _scale_range(text):
+    try:
+        lo, hi = (int(x) for x in text.split(","))
+    except ValueError:
+        raise ReconDecError(f"--scale-range: {text!r} is not MIN,MAX") from None
+    if not 0 < lo <= hi:
+        raise ReconDecError(f"--scale-range: need 0 < MIN <= MAX, got {text!r}")
+    return lo, hi
+
+
 def options_from_args(a):
     stage = {}
     for key, flag, cast in (("base_lr", "--base-lr", float), ("max_iter", "--max-iter", int),
@@ -415,7 +431,9 @@ def options_from_args(a):
         except ValueError:
             raise ReconDecError(f"--mean: {a.mean!r} is not a comma-separated list of numbers")
     return Options(weights=a.weights, data=a.data, train_source=a.train_source, val_source=a.val_source,
-                   root_folder=a.root_folder, resize=a.resize, mean=mean, scale=a.scale, crop=a.crop,
+                   root_folder=a.root_folder, resize=a.resize, mean=mean,
+                   scale_range=_scale_range(a.scale_range), test_size=a.test_size,
+                   square_size=a.square_size, threads=a.threads, scale=a.scale, crop=a.crop,
                    mirror=not a.no_mirror, input_size=a.input_size, deploy_batch=a.deploy_batch,
                    test_batch=a.test_batch, test_iter=a.test_iter, test_interval=a.test_interval,
                    solver_mode=a.solver_mode, stage=stage, step2_lr=_pairs(a.step2_lr, "--step2-lr"),
@@ -436,8 +454,17 @@ def register(subparsers):
                    help=f"one of {', '.join(VARIANTS)} or all (repeatable)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--weights", help="pretrained caffemodel of the classifier (must exist)")
-    p.add_argument("--data", choices=["lmdb", "imagelist"], default="lmdb",
-                   help="data layer template: LMDB Data layer or ImageData list (default lmdb)")
+    p.add_argument("--data", choices=["lmdb", "imagelist", "scale-jitter"], default="lmdb",
+                   help="data layer template: Caffe's LMDB Data layer, ImageData list, or our "
+                        "ScaleJitterData layer on an encoded-image LMDB (the paper's augmentation; "
+                        "default lmdb)")
+    p.add_argument("--scale-range", default="256,512",
+                   help="scale-jitter: MIN,MAX of the random shorter edge in TRAIN (default 256,512)")
+    p.add_argument("--test-size", type=int, default=256,
+                   help="scale-jitter: shorter edge in TEST (default 256)")
+    p.add_argument("--square-size", type=int,
+                   help="scale-jitter: AlexNet mode, centre square resized to NxN (e.g. 256)")
+    p.add_argument("--threads", type=int, default=4, help="scale-jitter: decoding threads per batch")
     p.add_argument("--train-source", help="training LMDB directory or image list")
     p.add_argument("--val-source", help="validation LMDB / list; adds a TEST phase with top-1/top-5 accuracy")
     p.add_argument("--root-folder", default="", help="imagelist: folder the list's paths are relative to")

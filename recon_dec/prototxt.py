@@ -167,7 +167,9 @@ def data_layers(data, channels, phases):
     "imagelist"), sources {"TRAIN": path, "TEST": path}, batch {"TRAIN": n,
     "TEST": n}, crop, mirror, mean (list), scale, root, resize.
     Returns LayerParameters (one per phase given)."""
-    template = {"lmdb": "data_lmdb.prototxt", "imagelist": "data_imagelist.prototxt"}[data["kind"]]
+    template = {"lmdb": "data_lmdb.prototxt", "imagelist": "data_imagelist.prototxt",
+                "scale-jitter": "data_scale_jitter.prototxt"}[data["kind"]]
+    jitter = data.get("jitter") or {}
     mean = data.get("mean") or []
     if mean and len(mean) not in (1, channels):
         raise ReconDecError(f"--mean: {len(mean)} values for a {channels}-channel input")
@@ -181,7 +183,11 @@ def data_layers(data, channels, phases):
             scale=f"scale: {data['scale']:g}" if data.get("scale", 1.0) != 1.0 else "",
             source=data["sources"][phase], batch=data["batch"][phase],
             root=data.get("root", ""), shuffle=str(phase == "TRAIN").lower(),
-            resize=data.get("resize", 0), color=str(channels == 3).lower())
+            resize=data.get("resize", 0), color=str(channels == 3).lower(),
+            mode="CENTER_SQUARE" if jitter.get("square_size") else "SCALE_JITTER",
+            min_size=jitter.get("min_size", 256), max_size=jitter.get("max_size", 512),
+            test_size=jitter.get("test_size", 256), square_size=jitter.get("square_size") or 256,
+            threads=jitter.get("threads", 4))
         net = parse_text(text, os.path.join(TEMPLATES, template))
         out.extend(net.layer)
     return out

@@ -174,3 +174,19 @@ def test_mismatched_weights_and_bad_lmdb(tmp_path, dbs):
     with pytest.raises(ReconDecError) as e:
         train.run_stage(plan, 2, progress=False)
     assert str(e.value).startswith(f"{tmp_path}/step2/train_val.prototxt: layer 'data': {bad}: corrupt")
+
+
+def test_divergence_stops_with_one_line_and_no_output(tmp_path, dbs):
+    """A learning rate far too high: the loss turns NaN/inf, the driver kills
+    caffe at once (no snapshot of NaN weights) and says where."""
+    plan = fx.two_stage_plan(str(tmp_path), *dbs, iters2=40, iters4=20)
+    solver = tmp_path / "step2" / "solver.prototxt"
+    solver.write_text(solver.read_text().replace("base_lr: 0.05", "base_lr: 1e6")
+                      .replace("display: 5", "display: 1"))
+    with pytest.raises(ReconDecError) as e:
+        train.run_stage(plan, 2, progress=False)
+    msg = str(e.value)
+    assert "\n" not in msg and "training diverged" in msg
+    m = re.search(r"the loss became (\S+) at iteration (\d+)", msg)
+    assert m and not np.isfinite(float(m.group(1))) and int(m.group(2)) < 40
+    assert not os.path.exists(tmp_path / "snapshots" / "step2_iter_40.caffemodel")
