@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from . import atomic, data
+from . import atomic, data, prototxt
 from .errors import ReconDecError
 
 FORMAT = "recon-dec-eval/1"
@@ -67,15 +67,7 @@ def _blob_shape(b):
 def load_weights(net, weights, deploy):
     """Copies ``weights`` (caffemodel) into ``net`` by layer name, checking
     shapes first: a mismatch is a one-line ReconDecError, not an abort."""
-    from caffe.proto import caffe_pb2
-    if not os.path.isfile(weights):
-        raise ReconDecError(f"{weights}: no such weights file")
-    m = caffe_pb2.NetParameter()
-    try:
-        with open(weights, "rb") as f:
-            m.ParseFromString(f.read())
-    except Exception:
-        raise ReconDecError(f"{weights}: not a caffemodel (cannot parse it)")
+    m = prototxt.read_caffemodel(weights)
     src = {l.name: l.blobs for l in list(m.layers) + list(m.layer) if l.blobs}
     copied = 0
     for name, params in net.params.items():
@@ -119,7 +111,6 @@ def classifier_only(param):
 
 
 def load_net(deploy, weights, gpu=None):
-    import tempfile
     from google.protobuf import text_format
     caffe = _caffe()
     param = classifier_only(_read_net(deploy))  # also a clear error for an unparsable prototxt

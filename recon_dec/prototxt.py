@@ -63,6 +63,20 @@ def parse_text(text, path):
     return net
 
 
+def read_caffemodel(path):
+    """A .caffemodel as a NetParameter; a one-line error when it is missing
+    or does not parse."""
+    if not os.path.isfile(path):
+        raise ReconDecError(f"{path}: no such weights file")
+    m = _pb2().NetParameter()
+    try:
+        with open(path, "rb") as f:
+            m.ParseFromString(f.read())
+    except Exception:
+        raise ReconDecError(f"{path}: not a caffemodel (cannot parse it)") from None
+    return m
+
+
 def load(path):
     """The net of ``path`` as a current-format ``NetParameter``."""
     path = os.fspath(path)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 
+from . import prototxt
 from .errors import ReconDecError
 
 PLAN_FORMAT = "recon-dec-plan/1"
@@ -203,13 +204,7 @@ def _check_weights_match(weights, net, netpath):
     """A weights file must share layer names with the net (Caffe copies by
     name and silently skips the rest); shape mismatches are caught from
     Caffe's own message."""
-    from caffe.proto import caffe_pb2
-    m = caffe_pb2.NetParameter()
-    try:
-        with open(weights, "rb") as f:
-            m.ParseFromString(f.read())
-    except Exception:
-        raise ReconDecError(f"{weights}: not a caffemodel (cannot parse it)")
+    m = prototxt.read_caffemodel(weights)
     names = {l.name for l in m.layer if l.blobs} | {l.name for l in m.layers if l.blobs}
     mine = {l.name for l in net.layer}
     if names and not names & mine:
