@@ -60,12 +60,14 @@ def test_reconstructions(demo):
     assert len(mse["known"]) == len(mse["fixed"]) == 3
     assert np.all(np.isfinite(mse["known"] + mse["fixed"]))
     # Known switches put every value back where its max came from: from
-    # macro-layer 1 the digits are recognisable, error well below that of an
-    # all-background guess (the mean square of the scaled image, ~0.09).
+    # macro-layer 1 the digits are recognisable, the error far below that of
+    # an all-background guess (the mean square of the scaled centre crops,
+    # about 0.076); measured 0.0029 (quick run, 2026-11-23).
     assert mse["known"][0] < RECON_BOUND
-    assert mse["known"][0] < mse["fixed"][0]
-    # Deeper layers lose more with fixed switches.
-    assert mse["known"][2] < mse["fixed"][2]
+    # ... and below fixed switches at every macro-layer, increasingly with
+    # depth (measured 0.0029/0.0046, 0.017/0.066, 0.019/0.078).
+    for k in range(3):
+        assert mse["known"][k] < mse["fixed"][k], f"macro-layer {k + 1}"
 
 
-RECON_BOUND = 0.04
+RECON_BOUND = 0.01
