@@ -24,17 +24,13 @@ def atomic_path(path):
         raise
 
 
-def write_text(path, text):
-    with atomic_path(path) as tmp:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-
-
 def write_bytes(path, data):
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+
+
+def write_text(path, text):
+    write_bytes(path, text.encode())
