@@ -310,28 +310,32 @@ def _expand(variants):
 
 
 # --------------------------------------------------------------------------
+# pydot reads "name:port" in node names, so every "dec:..." blob would
+# collapse into one node "dec"; the drawings use a look-alike colon instead.
+DRAWN_COLON = "\u2236"
+
+
+def drawable(param):
+    """``param`` with the colons of layer and blob names replaced for pydot."""
+    for l in param.layer:
+        l.name = l.name.replace(":", DRAWN_COLON)
+        for names in (l.top, l.bottom):
+            names[:] = [b.replace(":", DRAWN_COLON) for b in names]
+    return param
+
+
 def draw(out_dir, nets):
-    """Renders each net with Caffe's python/draw_net.py (pydot + graphviz)."""
+    """Renders each net to a PNG beside it with pycaffe's caffe.draw (Caffe's
+    draw_net.py), written atomically. Needs graphviz's ``dot``."""
     if shutil.which("dot") is None:
         print("recon-dec: --draw skipped: graphviz `dot` is not installed", file=sys.stderr)
         return []
-    script = None
-    import caffe
-    for base in (os.path.dirname(os.path.dirname(caffe.__file__)),
-                 os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "build", "caffe-src", "python")):
-        if os.path.isfile(os.path.join(base, "draw_net.py")):
-            script = os.path.join(base, "draw_net.py")
-    if script is None:
-        print("recon-dec: --draw skipped: Caffe's draw_net.py was not found", file=sys.stderr)
-        return []
+    from caffe import draw as caffe_draw
     drawn = []
     for n in nets:
+        param = drawable(prototxt.parse_text(open(n).read(), n))
         png = n[: -len(".prototxt")] + ".png"
-        r = subprocess.run([sys.executable, script, n, png], capture_output=True, text=True)
-        if r.returncode != 0:
-            last = (r.stderr.strip().splitlines() or ["failed"])[-1]
-            print(f"recon-dec: --draw skipped ({last})", file=sys.stderr)
-            return drawn
+        atomic.write_bytes(png, caffe_draw.draw_net(param, "LR", ext="png"))
         drawn.append(png)
     return drawn
 

@@ -57,3 +57,24 @@ def test_variant_deploy_evaluates_densely(tmp_path, digits_db, caffe):
     assert single["n"] == dense["n"] == 64
     for r in (single, dense):
         assert 0 <= r["top1_error"] <= 100 and math.isfinite(r["top5_error"])
+
+
+def test_draw_renders_every_net(tmp_path):
+    """--draw: one PNG per generated net, decoder blobs kept apart (pydot
+    would merge every "dec:..." name into one node "dec")."""
+    import shutil
+    if shutil.which("dot") is None:
+        pytest.fail("graphviz `dot` missing: tools/setup.sh installs it")
+    g = generate.generate(SMALL, ["swwae-all"], tmp_path, generate.Options(recon=False, draw=True))
+    nets = [p for p in g["files"] if p.endswith(".prototxt") and "solver" not in p]
+    assert len(g["drawn"]) == len(nets) == 5
+    for png in g["drawn"]:
+        with open(png, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    from caffe import draw as caffe_draw
+    from recon_dec import prototxt
+    deploy = os.path.join(os.path.dirname(g["plans"]["swwae-all"]), "deploy.prototxt")
+    param = generate.drawable(prototxt.parse_text(open(deploy).read(), deploy))
+    nodes = {n.get_name().strip('"') for n in caffe_draw.get_pydot_graph(param, "LR").get_nodes()}
+    assert "dec" not in nodes
+    assert sum(1 for n in nodes if n.startswith("dec" + generate.DRAWN_COLON)) >= 6
