@@ -53,14 +53,29 @@ def upgrade(path):
             return f.read()
 
 
-def parse_text(text, path):
+def merge_text(text, msg, path, what="net prototxt"):
+    """Parses prototxt ``text`` into the message ``msg``; a one-line error
+    naming ``path`` when it does not parse."""
     from google.protobuf import text_format
-    net = _pb2().NetParameter()
     try:
-        text_format.Merge(text, net)
+        text_format.Merge(text, msg)
     except text_format.ParseError as e:
-        raise ReconDecError(f"{path}: not a valid net prototxt ({e})")
-    return net
+        raise ReconDecError(f"{path}: not a valid {what} ({e})")
+    return msg
+
+
+def read_text(path, msg, what):
+    """A prototxt file parsed into ``msg``, one-line errors for an unreadable
+    or unparsable file."""
+    try:
+        text = open(path).read()
+    except OSError as e:
+        raise ReconDecError(f"{path}: {e.strerror}")
+    return merge_text(text, msg, path, what)
+
+
+def parse_text(text, path):
+    return merge_text(text, _pb2().NetParameter(), path)
 
 
 def read_caffemodel(path):

@@ -149,27 +149,14 @@ def _solverstate_ok(path):
 
 # --------------------------------------------------------------------------
 # prototxt inspection (with pycaffe's protobuf classes)
-def _read_proto(path, msg, what):
-    from google.protobuf import text_format
-    try:
-        text = open(path).read()
-    except OSError as e:
-        raise ReconDecError(f"{path}: {e.strerror}")
-    try:
-        text_format.Merge(text, msg)
-    except text_format.ParseError as e:
-        raise ReconDecError(f"{path}: not a valid {what} ({e})")
-    return msg
-
-
 def read_solver(path):
     from caffe.proto import caffe_pb2
-    return _read_proto(path, caffe_pb2.SolverParameter(), "solver prototxt")
+    return prototxt.read_text(path, caffe_pb2.SolverParameter(), "solver prototxt")
 
 
 def read_net(path):
     from caffe.proto import caffe_pb2
-    return _read_proto(path, caffe_pb2.NetParameter(), "net prototxt")
+    return prototxt.read_text(path, caffe_pb2.NetParameter(), "net prototxt")
 
 
 def _train_batch(net):
