@@ -70,6 +70,12 @@ class UnpoolingLayer : public Layer<Dtype> {
   void ClearNonValueDiffs(const vector<bool>& propagate_down,
       const vector<Blob<Dtype>*>& bottom, bool gpu);
   std::string Where() const;
+  // The error for a known switch outside its pooling window (CPU and GPU).
+  std::string SwitchOutsideWindow(Dtype value, int plane, int ph, int pw)
+      const;
+  // GPU: fails with SwitchOutsideWindow() for the first switch (in raster
+  // order, as the CPU) that lies outside its window (unpooling_layer.cu).
+  void CheckSwitchesGpu(const Blob<Dtype>& switches);
 
   int kernel_h_, kernel_w_;
   int stride_h_, stride_w_;
@@ -88,6 +94,8 @@ class UnpoolingLayer : public Layer<Dtype> {
   // over overlapping windows, or when the count top is asked for).
   Blob<Dtype> count_;
   bool need_count_;
+  // GPU: flat index of the first switch outside its window (count if none).
+  Blob<int> first_bad_switch_;
 };
 
 }  // namespace caffe

@@ -1,4 +1,5 @@
 #include <cmath>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -10,6 +11,17 @@ namespace caffe {
 template <typename Dtype>
 std::string UnpoolingLayer<Dtype>::Where() const {
   return "Unpooling layer '" + this->layer_param_.name() + "': ";
+}
+
+template <typename Dtype>
+std::string UnpoolingLayer<Dtype>::SwitchOutsideWindow(Dtype value,
+    int plane, int ph, int pw) const {
+  std::ostringstream message;
+  message << Where() << "switch " << value << " at (plane " << plane << ", "
+      << ph << ", " << pw << ") lies outside its pooling window; is bottom[1] "
+      << "the mask top of a Pooling layer with the same kernel, stride and "
+      << "pad?";
+  return message.str();
 }
 
 template <typename Dtype>
@@ -154,10 +166,7 @@ void UnpoolingLayer<Dtype>::Forward_cpu(const vector<Blob<Dtype>*>& bottom,
           w = s % width_;
           CHECK(s >= 0 && s < plane_out && h >= hstart && w >= wstart
                 && h < hstart + kernel_h_ && w < wstart + kernel_w_)
-              << Where() << "switch " << switches[i] << " at (plane " << p
-              << ", " << ph << ", " << pw << ") lies outside its pooling "
-              << "window; is bottom[1] the mask top of a Pooling layer with "
-              << "the same kernel, stride and pad?";
+              << SwitchOutsideWindow(switches[i], p, ph, pw);
         } else {
           h = hstart + offset_h_;
           w = wstart + offset_w_;

@@ -52,6 +52,38 @@ __global__ void UnpoolForward(const int nthreads, const Dtype* values,
   }
 }
 
+// One thread per known switch: records in *first_bad the lowest flat index
+// whose switch lies outside its own pooling window (or outside the plane), so
+// the host reports the same switch the CPU's raster-order check stops at.
+// The range is tested on the value before the int cast, which truncates as
+// on the CPU: NaN and infinities are outside (the CPU's cast gives INT_MIN),
+// values in (-1, 0) count as 0.
+template <typename Dtype>
+__global__ void UnpoolCheckSwitches(const int nthreads, const Dtype* switches,
+    const int pooled_height, const int pooled_width, const int height,
+    const int width, const int kernel_h, const int kernel_w,
+    const int stride_h, const int stride_w, const int pad_h, const int pad_w,
+    int* first_bad) {
+  CUDA_KERNEL_LOOP(index, nthreads) {
+    const int pw = index % pooled_width;
+    const int ph = (index / pooled_width) % pooled_height;
+    const Dtype value = switches[index];
+    bool inside = value > Dtype(-1) && value < Dtype(height * width);
+    if (inside) {
+      const int s = static_cast<int>(value);
+      const int h = s / width;
+      const int w = s % width;
+      const int hstart = ph * stride_h - pad_h;
+      const int wstart = pw * stride_w - pad_w;
+      inside = h >= hstart && w >= wstart && h < hstart + kernel_h &&
+          w < wstart + kernel_w;
+    }
+    if (!inside) {
+      atomicMin(first_bad, index);
+    }
+  }
+}
+
 // One thread per pooled value: gathers the gradient from where it landed.
 template <typename Dtype>
 __global__ void UnpoolBackward(const int nthreads, const Dtype* top_diff,
@@ -82,9 +114,38 @@ __global__ void UnpoolBackward(const int nthreads, const Dtype* top_diff,
   }
 }
 
+// Known switches are validated as Forward_cpu does: without this, a switch
+// outside its window would be dropped silently by UnpoolForward and read out
+// of bounds by UnpoolBackward. Costs one small kernel and a 4-byte read back
+// (a device synchronisation) per call; Backward_gpu checks again because it
+// indexes with the switches (the CPU's backward trusts its forward's check).
+template <typename Dtype>
+void UnpoolingLayer<Dtype>::CheckSwitchesGpu(const Blob<Dtype>& switches) {
+  const int nthreads = switches.count();
+  first_bad_switch_.Reshape(vector<int>(1, 1));
+  int* first_bad = first_bad_switch_.mutable_gpu_data();
+  caffe_gpu_set(1, nthreads, first_bad);  // none found
+  // NOLINT_NEXT_LINE(whitespace/operators)
+  UnpoolCheckSwitches<Dtype><<<CAFFE_GET_BLOCKS(nthreads),
+      CAFFE_CUDA_NUM_THREADS>>>(nthreads, switches.gpu_data(),
+      pooled_height_, pooled_width_, height_, width_, kernel_h_, kernel_w_,
+      stride_h_, stride_w_, pad_h_, pad_w_, first_bad);
+  CUDA_POST_KERNEL_CHECK;
+  const int bad = first_bad_switch_.cpu_data()[0];
+  if (bad < nthreads) {
+    const int plane_in = pooled_height_ * pooled_width_;
+    const int i = bad % plane_in;
+    LOG(FATAL) << SwitchOutsideWindow(switches.cpu_data()[bad],
+        bad / plane_in, i / pooled_width_, i % pooled_width_);
+  }
+}
+
 template <typename Dtype>
 void UnpoolingLayer<Dtype>::Forward_gpu(const vector<Blob<Dtype>*>& bottom,
       const vector<Blob<Dtype>*>& top) {
+  if (known_switches_) {
+    CheckSwitchesGpu(*bottom[1]);
+  }
   const int nthreads = top[0]->count();
   Dtype* count = need_count_ ? count_.mutable_gpu_data() : NULL;
   // NOLINT_NEXT_LINE(whitespace/operators)
@@ -106,6 +167,9 @@ void UnpoolingLayer<Dtype>::Backward_gpu(const vector<Blob<Dtype>*>& top,
   ClearNonValueDiffs(propagate_down, bottom, true);
   if (!propagate_down[0]) {
     return;
+  }
+  if (known_switches_) {
+    CheckSwitchesGpu(*bottom[1]);
   }
   const int nthreads = bottom[0]->count();
   // NOLINT_NEXT_LINE(whitespace/operators)

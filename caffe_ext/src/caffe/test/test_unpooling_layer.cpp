@@ -1,3 +1,4 @@
+#include <string>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -338,5 +339,64 @@ TYPED_TEST(UnpoolingLayerTest, TestShapeErrors) {
                  "Unpooling layer 'unpool': switches .* must have the shape");
   }
 }
+
+// A known switch outside its pooling window stops Forward with an error that
+// names the layer and the switch, in CPU and GPU mode alike (the GPU reports
+// the first bad switch in raster order, as the CPU does).
+TYPED_TEST(UnpoolingLayerTest, TestSwitchOutsideWindow) {
+  typedef typename TypeParam::Dtype Dtype;
+  ::testing::FLAGS_gtest_death_test_style = "threadsafe";
+  this->FillValues(2, 3);
+  const int valid[4] = {4, 7, 9, 15};
+  // plane 2, window (1, 1) = rows and columns 2-3, gets: 5, in window (0, 0);
+  // 16, past the 4x4 plane; -1, before it. Plane 4 is bad too, reported second.
+  const Dtype bad[3] = {5, 16, -1};
+  const char* expected[3] = {"switch 5 at \\(plane 2, 1, 1\\)",
+                             "switch 16 at \\(plane 2, 1, 1\\)",
+                             "switch -1 at \\(plane 2, 1, 1\\)"};
+  for (int c = 0; c < 3; ++c) {
+    this->FillSwitches(valid);
+    this->switches_->mutable_cpu_data()[2 * 4 + 3] = bad[c];
+    this->switches_->mutable_cpu_data()[4 * 4 + 3] = bad[c];
+    vector<Blob<Dtype>*> bottom, top(1, this->top_);
+    bottom.push_back(this->values_);
+    bottom.push_back(this->switches_);
+    UnpoolingLayer<Dtype> layer(this->Param(2, 2));
+    layer.SetUp(bottom, top);
+    EXPECT_DEATH(layer.Forward(bottom, top),
+                 std::string("Unpooling layer 'unpool': ") + expected[c] +
+                 " lies outside its pooling window");
+  }
+}
+
+#ifndef CPU_ONLY
+// GPU mode only: Backward_gpu indexes the top diff with the switches, so it
+// validates them itself (a backward without a forward over the same switches
+// must not read out of bounds). The CPU's backward trusts its forward.
+template <typename Dtype>
+class UnpoolingLayerGPUTest : public UnpoolingLayerTest<GPUDevice<Dtype> > {
+};
+
+TYPED_TEST_CASE(UnpoolingLayerGPUTest, TestDtypes);
+
+TYPED_TEST(UnpoolingLayerGPUTest, TestBackwardSwitchOutsideWindow) {
+  typedef TypeParam Dtype;
+  ::testing::FLAGS_gtest_death_test_style = "threadsafe";
+  this->FillValues(2, 3);
+  const int valid[4] = {4, 7, 9, 15};
+  this->FillSwitches(valid);
+  vector<Blob<Dtype>*> bottom, top(1, this->top_);
+  bottom.push_back(this->values_);
+  bottom.push_back(this->switches_);
+  UnpoolingLayer<Dtype> layer(this->Param(2, 2));
+  layer.SetUp(bottom, top);
+  layer.Forward(bottom, top);
+  caffe_set(this->top_->count(), Dtype(1), this->top_->mutable_cpu_diff());
+  this->switches_->mutable_cpu_data()[3 * 4 + 1] = 1000;  // past the plane
+  EXPECT_DEATH(layer.Backward(top, vector<bool>(2, true), bottom),
+               "Unpooling layer 'unpool': switch 1000 at \\(plane 3, 0, 1\\) "
+               "lies outside its pooling window");
+}
+#endif  // CPU_ONLY
 
 }  // namespace caffe
