@@ -10,13 +10,13 @@ from .errors import ReconDecError
 
 # module name under recon_dec/ for each sub-command, in --help order
 COMMANDS = [
-    "generate",
-    "data",
-    "train",
-    "plot",
-    "evaluate",
-    "report",
-    "demo",
+    "runners.generate",
+    "data.store",
+    "runners.train",
+    "experiments.plot",
+    "runners.evaluate",
+    "experiments.report",
+    "experiments.demo",
 ]
 
 

@@ -15,7 +15,7 @@ VGG16 = str(MODELS / "vgg16" / "deploy.prototxt")
 VGG16_V1 = str(MODELS / "vgg16" / "deploy_v1.prototxt")
 ALEXNET = str(MODELS / "alexnet" / "deploy.prototxt")
 ALEXNET_LRN = str(MODELS / "alexnet" / "deploy_lrn.prototxt")
-SMALL = str(MODELS / "small_vgg" / "deploy.prototxt")
+SMALL = str(REPO / "recon_dec" / "models" / "small_vgg" / "deploy.prototxt")
 
 PARAM_TYPES = ("Convolution", "Deconvolution", "InnerProduct")
 
@@ -94,3 +94,23 @@ def load_plan(path):
 
 def plan_dirs(out_dir):
     return sorted(os.path.dirname(str(p)) for p in pathlib.Path(out_dir).rglob("plan.json"))
+
+
+def options(**kw):
+    """Generic generate Options and the paper method's options from one set
+    of keywords (data fields go to the DataSpec, ``data`` names its kind)."""
+    from recon_dec.graph.data_layers import DataSpec
+    from recon_dec.methods import swwae
+    from recon_dec.runners.generate import Options
+    data = {k: kw.pop(k) for k in list(kw) if k in DataSpec.__dataclass_fields__}
+    if "data" in kw:
+        data["kind"] = kw.pop("data")
+    method = {k: kw.pop(k) for k in list(kw) if k in swwae.Options.__dataclass_fields__}
+    return Options(data=DataSpec(**data), **kw), swwae.Options(**method)
+
+
+def generate(net, variants, out, **kw):
+    """recon-dec generate (the paper's method) with keyword options."""
+    from recon_dec.runners import generate as gen
+    opts, method_options = options(**kw)
+    return gen.generate(net, variants, out, opts, method_options=method_options)

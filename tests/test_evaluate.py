@@ -11,7 +11,10 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 import recon_dec_fixtures as fx  # noqa: E402
-from recon_dec import data, evaluate, report, train  # noqa: E402
+from recon_dec.data import store as data  # noqa: E402
+from recon_dec.experiments import report  # noqa: E402
+from recon_dec.caffe_io import protos  # noqa: E402
+from recon_dec.runners import evaluate, train  # noqa: E402
 from recon_dec.errors import ReconDecError  # noqa: E402
 
 
@@ -33,7 +36,7 @@ def test_fc_to_conv_preserves_outputs(tmp_path):
     deploy, w = _random_model(tmp_path)
     net = evaluate.load_net(deploy, w)
     fc = evaluate.fully_convolutional(deploy, net, 28, str(tmp_path / "fcn.prototxt"))
-    conv = [l for l in evaluate._read_net(str(tmp_path / "fcn.prototxt")).layer if l.name in ("fc1", "fc2")]
+    conv = [l for l in protos.read_net(str(tmp_path / "fcn.prototxt")).layer if l.name in ("fc1", "fc2")]
     assert [(l.type, l.convolution_param.kernel_h, l.convolution_param.kernel_w) for l in conv] == [
         ("Convolution", 13, 13), ("Convolution", 1, 1)]
     x = np.random.RandomState(1).normal(0, 1, (3, 3, 28, 28)).astype(np.float32)

@@ -9,8 +9,9 @@ import pytest
 from generate_helpers import (ALEXNET, ALEXNET_LRN, SMALL, VGG16, VGG16_V1, PARAM_TYPES, all_nets,
                               as_input_net, fill_random, forward_backward, layers_by_name, load_plan,
                               read_net)
-from recon_dec import decoders, encoder
-from recon_dec.generate import Options, generate
+from generate_helpers import generate
+from recon_dec.graph import encoder
+from recon_dec.methods import swwae as decoders
 
 VGG_TABLE_S1 = {1: 3e-9, 2: 1e-8, 3: 3e-12, 4: 1e-12, 5: 1e-11}
 ALL_WEIGHTS = {"dec:loss@conv4_3": 1e-10, "dec:loss@conv3_3": 1e-12, "dec:loss@conv2_2": 1e-12,
@@ -46,7 +47,7 @@ VGG16_DEC_SHAPES = {"dec:conv5_3/unpool": (512, 14, 14), "dec:conv4_3": (512, 14
 @pytest.fixture(scope="module")
 def vgg_full(tmp_path_factory):
     out = tmp_path_factory.mktemp("vgg_full")
-    return generate(VGG16, ["all"], out, Options(val_source="/nonexistent/val_lmdb")), out
+    return generate(VGG16, ["all"], out, val_source="/nonexistent/val_lmdb"), out
 
 
 def _param_layers(path):
@@ -125,7 +126,7 @@ def test_loss_weights_and_frozen_encoder(vgg_full):
     expected = {"first": {"dec:loss@data/scaled": 1e-4}, "all": ALL_WEIGHTS, "layerwise": ALL_WEIGHTS}
     for v, (mode, wire) in decoders.VARIANTS.items():
         plan = load_plan(out / v / "plan.json")
-        steps = [s["step"] for s in plan["stages"]]
+        steps = [int(s["id"]) for s in plan["stages"]]
         assert steps == {"first": [2, 3, 4], "all": [2, 3, 4], "layerwise": [2, 4], None: [4]}[wire]
         for s in plan["stages"]:
             net = out / v / s["train_net"]
@@ -133,22 +134,22 @@ def test_loss_weights_and_frozen_encoder(vgg_full):
             assert losses.pop("loss") == 1.0  # softmax, weight 1 everywhere
             if wire is None:
                 want = {}
-            elif s["step"] == 2:
+            elif int(s["id"]) == 2:
                 want = {k: 1.0 for k in ALL_WEIGHTS}  # published: all 1 in step 2
             else:
                 want = expected[wire]
-            assert losses.keys() == want.keys(), (v, s["step"])
+            assert losses.keys() == want.keys(), (v, int(s["id"]))
             for k, w in want.items():
-                assert losses[k] == pytest.approx(w, rel=1e-6), (v, s["step"], k)
+                assert losses[k] == pytest.approx(w, rel=1e-6), (v, int(s["id"]), k)
             layers = read_net(net).layer
             enc = [l for l in layers if l.type in ("Convolution", "InnerProduct") and not l.name.startswith("dec:")]
             assert len(enc) == 16
             for l in enc:
-                if s["step"] in (2, 3):
+                if int(s["id"]) in (2, 3):
                     assert [(p.lr_mult, p.decay_mult) for p in l.param] == [(0, 0), (0, 0)], (v, l.name)
                 else:
                     assert [(p.lr_mult, p.decay_mult) for p in l.param] == [(1, 1), (2, 0)], (v, l.name)
-            if s["step"] == 2:  # Table S-1 as lr_mult relative to base_lr
+            if int(s["id"]) == 2:  # Table S-1 as lr_mult relative to base_lr
                 solver = (out / v / s["solver"]).read_text()
                 base = float(solver.split("base_lr:")[1].split()[0])
                 by_name = {l.name: l for l in layers}
@@ -158,7 +159,7 @@ def test_loss_weights_and_frozen_encoder(vgg_full):
                     assert p[1].lr_mult * base == pytest.approx(2 * VGG_TABLE_S1[k], rel=1e-6)
                 assert "batch_size: 16" in (out / v / s["train_net"]).read_text()
                 assert "momentum: 0.9" in solver
-            if s["step"] == 4:
+            if int(s["id"]) == 4:
                 solver = (out / v / s["solver"]).read_text()
                 assert s["batch"] * s["iter_size"] == 64 and "iter_size: 4" in solver
 
@@ -178,10 +179,10 @@ def test_data_scaled_and_data_layers(vgg_full):
 
 def test_plan_format_and_readme(vgg_full):
     result, out = vgg_full
-    from recon_dec import train
+    from recon_dec.runners import plan as plans
     for v, path in result["plans"].items():
-        plan = train.load_plan(path)  # the training driver's own reader
-        assert plan["format"] == "recon-dec-plan/1" and plan["variant"] == v
+        plan = plans.load(path)  # the training driver's own reader
+        assert plan["format"] == "recon-dec-plan/2" and plan["variant"] == v and plan["method"] == "swwae"
         for s in plan["stages"]:
             assert (pathlib.Path(plan["_dir"]) / s["solver"]).is_file()
             assert (pathlib.Path(plan["_dir"]) / s["train_net"]).is_file()
@@ -195,7 +196,7 @@ def test_plan_format_and_readme(vgg_full):
     assert "not published, our choice" in readme
     for f in result["files"]:
         assert f"`{os.path.relpath(f, out)}`" in readme
-    recon = sorted(os.path.relpath(p, out) for p in result["recon_plans"].values())
+    recon = sorted(os.path.relpath(p, out) for v, p in result["plans"].items() if v.startswith("recon/"))
     assert recon == sorted([f"recon/sae-first/layer{k}/plan.json" for k in range(1, 6)]
                            + [f"recon/swwae-first/layer{k}/plan.json" for k in range(1, 9)])
 
@@ -203,7 +204,7 @@ def test_plan_format_and_readme(vgg_full):
 def test_v1_prototxt_gives_the_same_nets(vgg_full, tmp_path):
     _, out = vgg_full
     out_v1 = tmp_path / "v1"
-    generate(VGG16_V1, ["all"], out_v1, Options(val_source="/nonexistent/val_lmdb"))
+    generate(VGG16_V1, ["all"], out_v1, val_source="/nonexistent/val_lmdb")
     files = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(out_v1) for p in out_v1.rglob("*") if p.is_file())
     for rel in files:

@@ -7,9 +7,11 @@ import os
 import numpy as np
 import pytest
 
-from recon_dec import data, evaluate, generate, mnist
+from generate_helpers import SMALL, generate
+from recon_dec.data import mnist
+from recon_dec.data import store as data
+from recon_dec.runners import evaluate
 
-SMALL = os.path.join(os.path.dirname(__file__), "..", "models", "small_vgg", "deploy.prototxt")
 
 
 @pytest.fixture(scope="module")
@@ -23,10 +25,9 @@ def digits_db(tmp_path_factory):
 
 def test_scale_jitter_template_feeds_real_batches(tmp_path, digits_db, caffe):
     db, labels = digits_db
-    opts = generate.Options(data="scale-jitter", train_source=db, val_source=db, mean=(16.0,),
-                            mirror=False, scale_range=(36, 48), test_size=40, threads=2,
-                            recon=False, solver_mode="CPU")
-    g = generate.generate(SMALL, ["swwae-all"], tmp_path, opts)
+    g = generate(SMALL, ["swwae-all"], tmp_path, data="scale-jitter", train_source=db, val_source=db,
+                 mean=(16.0,), mirror=False, scale_range=(36, 48), test_size=40, threads=2,
+                 recon=False, solver_mode="CPU")
     plan_dir = os.path.dirname(g["plans"]["swwae-all"])
     net = caffe.Net(os.path.join(plan_dir, "step4", "train_val.prototxt"), caffe.TRAIN)
     assert net.layers[0].type == "ScaleJitterData"
@@ -45,7 +46,7 @@ def test_variant_deploy_evaluates_densely(tmp_path, digits_db, caffe):
     """The deploy net of swwae-all has a decoder whose unpooling only mirrors
     32x32 inputs; evaluation drops it (dec: layers) and runs at 40x40."""
     db, _ = digits_db
-    g = generate.generate(SMALL, ["swwae-all"], tmp_path, generate.Options(recon=False))
+    g = generate(SMALL, ["swwae-all"], tmp_path, recon=False)
     deploy = os.path.join(os.path.dirname(g["plans"]["swwae-all"]), "deploy.prototxt")
     net = caffe.Net(deploy, caffe.TEST)  # random weights, saved as a caffemodel
     weights = str(tmp_path / "w.caffemodel")
@@ -65,16 +66,17 @@ def test_draw_renders_every_net(tmp_path):
     import shutil
     if shutil.which("dot") is None:
         pytest.fail("graphviz `dot` missing: tools/setup.sh installs it")
-    g = generate.generate(SMALL, ["swwae-all"], tmp_path, generate.Options(recon=False, draw=True))
+    g = generate(SMALL, ["swwae-all"], tmp_path, recon=False, draw=True)
     nets = [p for p in g["files"] if p.endswith(".prototxt") and "solver" not in p]
     assert len(g["drawn"]) == len(nets) == 5
     for png in g["drawn"]:
         with open(png, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     from caffe import draw as caffe_draw
-    from recon_dec import prototxt
+    from recon_dec.caffe_io import protos
+    from recon_dec.runners.generate import DRAWN_COLON, drawable
     deploy = os.path.join(os.path.dirname(g["plans"]["swwae-all"]), "deploy.prototxt")
-    param = generate.drawable(prototxt.parse_text(open(deploy).read(), deploy))
+    param = drawable(protos.read_net(deploy))
     nodes = {n.get_name().strip('"') for n in caffe_draw.get_pydot_graph(param, "LR").get_nodes()}
     assert "dec" not in nodes
-    assert sum(1 for n in nodes if n.startswith("dec" + generate.DRAWN_COLON)) >= 6
+    assert sum(1 for n in nodes if n.startswith("dec" + DRAWN_COLON)) >= 6

@@ -25,7 +25,7 @@ GOLDEN = REPO / "tests" / "golden" / "generate.json"
 CASES = {
     "vgg16": ["--net", "models/vgg16/deploy.prototxt", "--variant", "all"],
     "alexnet": ["--net", "models/alexnet/deploy.prototxt", "--variant", "all"],
-    "small_vgg": ["--net", "models/small_vgg/deploy.prototxt", "--variant", "all"],
+    "small_vgg": ["--net", "recon_dec/models/small_vgg/deploy.prototxt", "--variant", "all"],
     "vgg16_v1_jitter": ["--net", "models/vgg16/deploy_v1.prototxt", "--variant", "swwae-all",
                         "--variant", "sae-layerwise", "--data", "scale-jitter",
                         "--train-source", "/data/train_lmdb", "--val-source", "/data/val_lmdb",
@@ -36,7 +36,7 @@ CASES = {
                          "--val-source", "/data/val.txt", "--root-folder", "/data/images",
                          "--resize", "256", "--square-size", "256", "--mean", "104,117,123",
                          "--scale", "0.5", "--crop", "227", "--no-mirror", "--deploy-batch", "2"],
-    "small_vgg_options": ["--net", "models/small_vgg/deploy.prototxt", "--variant", "all",
+    "small_vgg_options": ["--net", "recon_dec/models/small_vgg/deploy.prototxt", "--variant", "all",
                           "--train-source", "/data/train_lmdb", "--val-source", "/data/val_lmdb",
                           "--mean", "33.3", "--crop", "32", "--no-mirror", "--test-batch", "100",
                           "--test-iter", "10", "--test-interval", "1000", "--solver-mode", "CPU",

@@ -12,7 +12,7 @@ from google.protobuf import text_format
 
 from generate_helpers import (ALEXNET, ALEXNET_LRN, SMALL, VGG16, all_nets, as_input_net, fill_random,
                               forward_backward, load_plan, plan_dirs, read_net)
-from recon_dec.generate import Options, generate
+from generate_helpers import generate
 
 CASES = [  # net, input size, channels, classes
     (VGG16, 32, 3, 1000),
@@ -44,8 +44,8 @@ def test_every_net_runs_and_pretrained_weights_arrive(caffe, tmp_path, net_path,
     rng = np.random.default_rng(0)
     weights, source = _source_weights(caffe, net_path, size, channels, tmp_path, rng)
     out = tmp_path / "out"
-    generate(net_path, ["all"], out, Options(weights=weights, input_size=size, deploy_batch=1,
-                                              mean=(0.0,) if channels == 1 else None))
+    generate(net_path, ["all"], out, weights=weights, input_size=size, deploy_batch=1,
+             mean=(0.0,) if channels == 1 else None)
     nets = all_nets(out)
     assert len(nets) > 20
     for path in nets:
@@ -84,8 +84,7 @@ def test_stage_snapshots_load_into_next_stage(caffe, tmp_path, net_path, size, c
     layers listed in the plan's ``@stage:N`` entry, values equal."""
     rng = np.random.default_rng(1)
     out = tmp_path / "out"
-    generate(net_path, ["sae-all", "swwae-first", "swwae-layerwise"], out,
-             Options(input_size=size, recon=False))
+    generate(net_path, ["sae-all", "swwae-first", "swwae-layerwise"], out, input_size=size, recon=False)
     for v in ("sae-all", "swwae-first", "swwae-layerwise"):
         d = str(out / v)
         plan = load_plan(os.path.join(d, "plan.json"))
@@ -93,16 +92,16 @@ def test_stage_snapshots_load_into_next_stage(caffe, tmp_path, net_path, size, c
         for stage in plan["stages"]:
             inits = [i for i in stage["init"] if i["weights"].startswith("@stage:")]
             for init in inits:
-                prev = int(init["weights"].split(":")[1])
+                prev = init["weights"].split(":")[1]
                 net = _train_net(caffe, d, stage, channels, saved[prev][0])
                 for name in init["layers"]:
-                    assert name in net.params, (v, stage["step"], name)
+                    assert name in net.params, (v, stage["id"], name)
                     for a, b in zip(saved[prev][1][name], net.params[name]):
-                        np.testing.assert_array_equal(a, b.data, err_msg=f"{v} step {stage['step']}: {name}")
+                        np.testing.assert_array_equal(a, b.data, err_msg=f"{v} step {stage['id']}: {name}")
                 assert {n for n in net.params if n.startswith("dec:")} == \
                     {n for n in init["layers"] if n.startswith("dec:")}
             net = _train_net(caffe, d, stage, channels)
             fill_random(net, rng)
-            w = str(tmp_path / f"{v}-step{stage['step']}.caffemodel")
+            w = str(tmp_path / f"{v}-step{stage['id']}.caffemodel")
             net.save(w)
-            saved[stage["step"]] = (w, {k: [b.data.copy() for b in p] for k, p in net.params.items()})
+            saved[stage["id"]] = (w, {k: [b.data.copy() for b in p] for k, p in net.params.items()})

@@ -1,7 +1,7 @@
 """The embedded MNIST digits load as real images with a fixed split."""
 import numpy as np
 
-from recon_dec import mnist
+from recon_dec.data import mnist
 
 
 def test_load_shapes_and_values():

@@ -14,11 +14,14 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 import recon_dec_fixtures as fx  # noqa: E402
-from recon_dec import data, plot, train  # noqa: E402
+from recon_dec.data import store as data  # noqa: E402
+from recon_dec.experiments import plot  # noqa: E402
+from recon_dec.runners import plan as plans  # noqa: E402
+from recon_dec.runners import train  # noqa: E402
 from recon_dec.errors import ReconDecError  # noqa: E402
 
 PY = sys.executable
-DRIVER = ("import sys, argparse; from recon_dec import train;"
+DRIVER = ("import sys, argparse; from recon_dec.runners import train;"
           "p=argparse.ArgumentParser(); s=p.add_subparsers(dest='c', required=True);"
           "train.register(s); a=p.parse_args(sys.argv[1:]); sys.exit(a.func(a) or 0)")
 
@@ -92,7 +95,7 @@ def test_sigterm_snapshots_and_restart_resumes(tmp_path, dbs):
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    snap = train.newest_snapshot(train.load_plan(plan), train.load_plan(plan)["stages"][0])
+    snap = train.newest_snapshot(plans.load(plan), plans.load(plan)["stages"][0])
     assert snap is not None
     k = snap[0]
     assert k >= 10 and f"stopped at iteration {k}; rerun to resume" in err
@@ -111,7 +114,7 @@ def test_sigterm_snapshots_and_restart_resumes(tmp_path, dbs):
     st = os.path.join(d, f"snapshots/s_iter_{k + 8}.solverstate")
     open(os.path.join(d, f"snapshots/s_iter_{k + 9}.caffemodel"), "wb").write(b"x")
     open(os.path.join(d, f"snapshots/s_iter_{k + 9}.solverstate"), "wb").write(open(st, "rb").read()[:7])
-    assert train.newest_snapshot(train.load_plan(plan), train.load_plan(plan)["stages"][0])[0] == k + 8
+    assert train.newest_snapshot(plans.load(plan), plans.load(plan)["stages"][0])[0] == k + 8
     # same result as an uninterrupted run of k + 8 iterations
     d2 = str(tmp_path / "straight")
     plan2 = _one_stage(d2, dbs[0], k + 8)
@@ -161,9 +164,13 @@ def test_mismatched_weights_and_bad_lmdb(tmp_path, dbs):
     unrelated = fx.write(str(tmp_path / "u.prototxt"), fx.deploy_net().replace('"fc1"', '"zz1"')
                          .replace('"fc2"', '"zz2"').replace('"conv1"', '"zz0"'))
     caffe.Net(unrelated, caffe.TEST).save(str(tmp_path / "u.caffemodel"))
-    p["stages"][0]["init"] = [{"weights": "u.caffemodel", "layers": []}]
+    p["stages"][0]["init"] = [{"weights": "u.caffemodel"}]  # no list: every layer of the file
     json.dump(p, open(plan, "w"))
     with pytest.raises(ReconDecError, match="none of its layers"):
+        train.run_stage(plan, 2, progress=False)
+    p["stages"][0]["init"] = [{"weights": "u.caffemodel", "layers": ["zz1"]}]
+    json.dump(p, open(plan, "w"))
+    with pytest.raises(ReconDecError, match="initialises layer 'zz1' from .*u.caffemodel, but .* has no such layer"):
         train.run_stage(plan, 2, progress=False)
     # corrupt training LMDB: named with the layer, before Caffe would abort
     bad = tmp_path / "bad"

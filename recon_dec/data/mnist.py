@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from .errors import ReconDecError
+from ..errors import ReconDecError
 
 N_IMAGES = 5000
 SIDE = 28

@@ -11,8 +11,9 @@ import time
 
 import numpy as np
 
-from . import atomic
-from .errors import ReconDecError
+from .. import atomic
+from ..caffe_io.protos import pb2 as _pb2
+from ..errors import ReconDecError
 
 MANIFEST = "recon_dec_manifest.json"
 FORMAT = "recon-dec-lmdb/1"
@@ -23,11 +24,6 @@ COMMIT_EVERY = 256
 def _cv2():
     import cv2
     return cv2
-
-
-def _pb2():
-    from caffe.proto import caffe_pb2
-    return caffe_pb2
 
 
 # --------------------------------------------------------------------------

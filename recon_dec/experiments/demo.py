@@ -33,16 +33,22 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from . import atomic, data, mnist, report
-from .errors import ReconDecError
+from .. import atomic
+from ..caffe_io import protos
+from ..data import mnist
+from ..data import store as data
+from ..errors import ReconDecError
+from ..graph.builder import IMAGE_TARGET
+from ..graph.data_layers import DataSpec
+from ..methods import swwae
+from ..runners import evaluate, generate, plan as plans, train
+from . import figures, report
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
-DEMO_NET = REPO / "models" / "small_vgg" / "deploy.prototxt"
+DEMO_NET = pathlib.Path(__file__).resolve().parent.parent / "models" / "small_vgg" / "deploy.prototxt"
 VARIANTS = ["baseline", "sae-first", "sae-all", "sae-layerwise",
             "swwae-first", "swwae-all", "swwae-layerwise"]
 # 224*224*3 (the paper's input) / 32*32*1 (ours): see the module docstring
 LOSS_WEIGHT_SCALE = 224 * 224 * 3 / (32 * 32 * 1)
-PAPER_LOSS_WEIGHTS = {0: 1e-4, 1: 1e-12, 2: 1e-12, 3: 1e-12, 4: 1e-10}
 # decades: the paper's own rates span 3e-9 .. 1e-12 (VGG16, un-normalised loss)
 CROP = 32
 LR_CANDIDATES = [10.0 ** e for e in range(-9, -1)]
@@ -90,43 +96,46 @@ def build_data(out):
 
 # ---------------------------------------------------------------------------
 # generation
-def options(dbs, mean, budget, seed, weights=None, step2_lr=None, recon=False, loss_weights=True):
-    from .generate import Options
+def options(dbs, mean, budget, seed, weights=None):
+    """Generic generate options of every net of the demo."""
     stage = {
-        "batch": {2: 16, 3: 16, 4: 64, "recon": 16},
+        "batch": {"2": 16, "3": 16, "4": 64, "recon": 16},
         "iter_size": {"all": 1},
-        "max_iter": {2: budget.step2, 3: budget.step3, 4: budget.step4, "recon": budget.recon},
+        "max_iter": {"2": budget.step2, "3": budget.step3, "4": budget.step4, "recon": budget.recon},
         "base_lr": {},  # step 4: the generator's default 1e-4 (VGG's final LR)
         "lr_policy": {"all": "fixed"},
         "snapshot": {"all": 100000},
         "random_seed": {"all": seed},
     }
-    o = Options(weights=weights, data="lmdb", train_source=dbs["train"], val_source=dbs["val"],
-                mean=(round(mean, 3),), mirror=False, crop=CROP, test_batch=100, test_iter=10,
-                test_interval=100000, solver_mode="CPU", stage=stage, recon=recon)
-    if step2_lr:
-        o.step2_lr = dict(step2_lr)
-    if loss_weights:
-        o.loss_weights = {j: w * LOSS_WEIGHT_SCALE for j, w in PAPER_LOSS_WEIGHTS.items()}
-    return o
+    spec = DataSpec(kind="lmdb", train_source=dbs["train"], val_source=dbs["val"], mean=(round(mean, 3),),
+                    mirror=False, crop=CROP, test_batch=100)
+    return generate.Options(weights=weights, data=spec, test_iter=10, test_interval=100000,
+                            solver_mode="CPU", stage=stage)
+
+
+def method_options(step2_lr=None, **kw):
+    """The paper's loss weights, scaled to the demo's input size (see above)."""
+    kw.setdefault("recon", False)
+    return swwae.Options(step2_lr=dict(step2_lr or {}),
+                         loss_weights={j: w * LOSS_WEIGHT_SCALE for j, w in swwae.PAPER_LOSS_WEIGHTS.items()},
+                         **kw)
 
 
 def pretrain(out, dbs, mean, budget, seed):
     """The "pretrained" classifier: the baseline plan run from scratch."""
-    from . import generate, train
     opts = options(dbs, mean, budget, seed)
-    opts.stage["max_iter"][4] = budget.pretrain
-    opts.stage["base_lr"][4] = 5e-3  # 1e-2 diverges at this init (measured)
-    plan = generate.generate(DEMO_NET, ["baseline"], os.path.join(out, "pretrain"), opts)["plans"]["baseline"]
+    opts.stage["max_iter"]["4"] = budget.pretrain
+    opts.stage["base_lr"]["4"] = 5e-3  # 1e-2 diverges at this init (measured)
+    g = generate.generate(DEMO_NET, ["baseline"], os.path.join(out, "pretrain"), opts,
+                          method_options=method_options())
     log(f"pretraining the classifier ({budget.pretrain} iterations, batch 64)")
-    return train.run_all(plan, progress=False)[-1]
+    return train.run_all(g["plans"]["baseline"], progress=False)[-1]
 
 
-def _stage_output(plan_path, step=None):
+def _stage_output(plan_path, stage_id=None):
     """Absolute path of a stage's output caffemodel (the last stage's by default)."""
-    plan = json.load(open(plan_path))
-    stage = plan["stages"][-1] if step is None else next(s for s in plan["stages"] if s["step"] == step)
-    return os.path.join(os.path.dirname(plan_path), stage["output"])
+    plan = plans.load(plan_path)
+    return plans.stage_output(plan, stage_id or plan["stages"][-1]["id"])
 
 
 # ---------------------------------------------------------------------------
@@ -136,11 +145,8 @@ def loss_drops(solver_path, weights, lr, iters, plan_dir):
     and returns {loss blob: drop} (see _drop). Paths in the solver are
     relative to ``plan_dir``, where ``caffe train`` runs."""
     import caffe
-    from caffe.proto import caffe_pb2
-    from google.protobuf import text_format
     caffe.set_mode_cpu()
-    sp = caffe_pb2.SolverParameter()
-    text_format.Merge(open(solver_path).read(), sp)
+    sp = protos.read_solver(solver_path)
     sp.net = os.path.join(plan_dir, sp.net)
     sp.base_lr = lr
     sp.ClearField("test_iter")
@@ -149,7 +155,7 @@ def loss_drops(solver_path, weights, lr, iters, plan_dir):
     sp.snapshot_after_train = False
     sp.display = 0
     probe = solver_path + f".probe-{lr:g}.prototxt"
-    atomic.write_text(probe, text_format.MessageToString(sp))
+    atomic.write_text(probe, protos.to_text(sp))
     try:
         solver = caffe.SGDSolver(probe)
     finally:
@@ -192,33 +198,69 @@ def choose_step2_rates(plan_path, weights, budget, macro_of_head):
     return rates, {f"{lr:g}": {h: float(d) for h, d in v.items()} for lr, v in drops.items()}
 
 
+def train_inversion_nets(out, dbs, mean, budget, info):
+    """The inversion nets from macro-layers 1..n (fixed and known switches)
+    of seed 0: decoders initialised from the step-2 layerwise decoders (same
+    layer names), encoder from the pretrained classifier, each net's rate
+    chosen by the authors' rule. Generated twice: once to probe the rates,
+    then with them. Returns {mode: {k: (deploy, weights)}}."""
+    step2 = {"sae-first": _stage_output(info["plans"]["sae-layerwise"], "2"),
+             "swwae-first": _stage_output(info["plans"]["swwae-layerwise"], "2")}
+    opts = options(dbs, mean, budget, 0, weights=info["pretrained"])
+    kept = [f"{v}/layer{k}" for v in step2 for k in range(1, info["n_macros"] + 1)]
+    rates = {}
+    for stage in ("probe", "nets"):
+        mo = method_options(recon=True, recon_init=step2, recon_lr=rates)
+        g = generate.generate(DEMO_NET, [], os.path.join(out, "inversion", stage), opts, method_options=mo)
+        for d in kept:
+            plan_path = g["plans"][f"recon/{d}"]
+            if stage == "probe":
+                plan = plans.load(plan_path)
+                rates[d] = probe_rate(plans.path(plan, plan["stages"][0]["solver"]),
+                                      [w for w, _ in plans.resolve_weights(plan, plan["stages"][0])], budget)
+    nets = {}
+    for d in kept:
+        variant, k = d.split("/layer")
+        mode = swwae.FIXED if variant == "sae-first" else swwae.KNOWN
+        weights = train.run_all(g["plans"][f"recon/{d}"], progress=False)[-1]
+        nets.setdefault(mode, {})[int(k)] = (os.path.join(g["out_dir"], "recon", d, "deploy.prototxt"), weights)
+    return nets
+
+
+def probe_rate(solver, weights, budget):
+    """The candidate rate with the largest drop of the image loss."""
+    plan_dir = os.path.dirname(solver)
+    drops = {lr: loss_drops(solver, weights, lr, budget.lr_probe, plan_dir) for lr in LR_CANDIDATES}
+    return max(LR_CANDIDATES, key=lambda lr: drops[lr].get(swwae.loss_name(IMAGE_TARGET), -math.inf))
+
+
 # ---------------------------------------------------------------------------
 def run_seed(out, dbs, mean, budget, seed):
-    from . import evaluate, generate, train
     sdir = os.path.join(out, f"seed{seed}")
     t0 = time.time()
     pretrained = pretrain(sdir, dbs, mean, budget, seed)
 
     # LR selection on the SWWAE-layerwise step-2 net (known switches; the SAE
     # decoders share the same layer shapes, so their rates are reused)
-    probe_opts = options(dbs, mean, budget, seed, weights=pretrained,
-                         step2_lr={k: 1.0 for k in range(1, 16)})
-    probe_opts.stage["base_lr"][2] = 1.0
-    g = generate.generate(DEMO_NET, ["swwae-layerwise"], os.path.join(sdir, "lr-probe"), probe_opts)
+    probe_opts = options(dbs, mean, budget, seed, weights=pretrained)
+    probe_opts.stage["base_lr"]["2"] = 1.0
+    g = generate.generate(DEMO_NET, ["swwae-layerwise"], os.path.join(sdir, "lr-probe"), probe_opts,
+                          method_options=method_options(step2_lr={k: 1.0 for k in range(1, 16)}))
     macro_of_head = {}
     for m in g["encoder"].macros:
-        target = "data/scaled" if m.index == 1 else g["encoder"].macros[m.index - 2].last_conv.name
-        macro_of_head[f"dec:loss@{target}"] = m.index
+        target = IMAGE_TARGET if m.index == 1 else g["encoder"].macros[m.index - 2].last_conv.name
+        macro_of_head[swwae.loss_name(target)] = m.index
     rates, drops = choose_step2_rates(g["plans"]["swwae-layerwise"], pretrained, budget, macro_of_head)
     log(f"seed {seed}: step-2 learning rates by largest loss drop: "
         + ", ".join(f"macro-layer {k}: {r:g}" for k, r in sorted(rates.items())))
 
-    opts = options(dbs, mean, budget, seed, weights=pretrained, step2_lr=rates, recon=(seed == 0))
-    opts.stage["base_lr"][2] = 1e-3
+    opts = options(dbs, mean, budget, seed, weights=pretrained)
+    mo = method_options(step2_lr=rates)
+    opts.stage["base_lr"]["2"] = 1e-3
     # step 3's decoder lr_mult is rate / 1e-8, chosen so that base_lr x lr_mult
-    # x image loss weight equals the step-2 rate (see solvers.PROVENANCE)
-    opts.stage["base_lr"][3] = 1e-8 / opts.loss_weights[0]
-    g = generate.generate(DEMO_NET, ["all"], os.path.join(sdir, "nets"), opts)
+    # x image loss weight equals the step-2 rate (see swwae.PROVENANCE)
+    opts.stage["base_lr"]["3"] = swwae.STEP3_LR_REFERENCE / mo.loss_weights[0]
+    g = generate.generate(DEMO_NET, ["all"], os.path.join(sdir, "nets"), opts, method_options=mo)
     results, finals = [], {}
     for v in VARIANTS:
         t = time.time()
@@ -243,8 +285,7 @@ def run_seed(out, dbs, mean, budget, seed):
     log(f"seed {seed}: done in {time.time() - t0:.0f} s")
     return results, {"rates": {str(k): r for k, r in rates.items()}, "lr_drops": drops,
                      "pretrained": pretrained, "finals": finals, "nets": g["out_dir"],
-                     "plans": g["plans"], "recon_plans": g["recon_plans"],
-                     "n_macros": len(g["encoder"].macros)}
+                     "plans": g["plans"], "n_macros": len(g["encoder"].macros)}
 
 
 def run_demo(out, seeds=1, quick=False):
@@ -265,18 +306,9 @@ def run_demo(out, seeds=1, quick=False):
     atomic.write_text(os.path.join(out, "results.json"), json.dumps(all_results, indent=1))
     md = report.table(all_results, out_dir=out)
 
-    from . import figures
     info = per_seed[0]
-    step2 = {mode: _stage_output(info["plans"][v], 2)
-             for mode, v in (("fixed", "sae-layerwise"), ("known", "swwae-layerwise"))}
-
-    def probe(solver, weights):
-        plan_dir = os.path.dirname(solver)
-        drops = {lr: loss_drops(solver, weights, lr, budget.lr_probe, plan_dir) for lr in LR_CANDIDATES}
-        return max(LR_CANDIDATES, key=lambda lr: drops[lr].get("dec:loss@data/scaled", -math.inf))
-
     log("training the inversion nets of the reconstruction figure (fixed and known switches)")
-    nets = figures.train_inversion_nets(info, info["n_macros"], step2, probe)
+    nets = train_inversion_nets(out, dbs, mean, budget, info)
     # one digit of each class first (shown), then more for the error figures
     first = [int(np.flatnonzero(val_labels == d)[0]) for d in range(10)]
     rest = [i for i in range(0, len(val_labels), 5) if i not in first][:190]

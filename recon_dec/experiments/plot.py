@@ -1,43 +1,10 @@
 """``recon-dec plot LOG``: each loss head and accuracy of a Caffe training
 log against the iteration (matplotlib, Agg)."""
 import os
-import re
 
-from . import atomic
-from .errors import ReconDecError
-
-RE_ITER_LINE = re.compile(r"Iteration (\d+) \(")
-RE_TEST_START = re.compile(r"Iteration (\d+), Testing net \(#(\d+)\)")
-RE_TRAIN_OUT = re.compile(r"Train net output #\d+: (\S+) = ([-+\w.]+)")
-RE_TEST_OUT = re.compile(r"Test net output #\d+: (\S+) = ([-+\w.]+)")
-
-
-def parse_log(path):
-    """-> {"train": {head: [(iter, value)]}, "test": {"#k/head": [...]}}"""
-    try:
-        lines = open(path, errors="replace").read().splitlines()
-    except OSError as e:
-        raise ReconDecError(f"{path}: {e.strerror}")
-    train, test = {}, {}
-    it, test_it, net = None, None, 0
-    for line in lines:
-        m = RE_TEST_START.search(line)
-        if m:
-            test_it, net = int(m.group(1)), int(m.group(2))
-            continue
-        m = RE_ITER_LINE.search(line)
-        if m:
-            it = int(m.group(1))
-            continue
-        m = RE_TRAIN_OUT.search(line)
-        if m and it is not None:
-            train.setdefault(m.group(1), []).append((it, float(m.group(2))))
-            continue
-        m = RE_TEST_OUT.search(line)
-        if m and test_it is not None:
-            key = m.group(1) if net == 0 else f"#{net}/{m.group(1)}"
-            test.setdefault(key, []).append((test_it, float(m.group(2))))
-    return {"train": train, "test": test}
+from .. import atomic
+from ..caffe_io.logs import parse_log
+from ..errors import ReconDecError
 
 
 def plot_log(log, out=None):

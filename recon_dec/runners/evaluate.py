@@ -10,8 +10,10 @@ import time
 
 import numpy as np
 
-from . import atomic, data, prototxt
-from .errors import ReconDecError
+from .. import atomic
+from ..caffe_io import protos
+from ..data import store as data
+from ..errors import ReconDecError
 
 FORMAT = "recon-dec-eval/1"
 
@@ -19,11 +21,6 @@ FORMAT = "recon-dec-eval/1"
 def _caffe():
     import caffe
     return caffe
-
-
-def _read_net(path):
-    from .train import read_net
-    return read_net(path)
 
 
 def parse_mean(mean, channels):
@@ -36,8 +33,7 @@ def parse_mean(mean, channels):
             if mean.endswith(".npy"):
                 arr = np.load(mean)
             else:
-                from caffe.proto import caffe_pb2
-                b = caffe_pb2.BlobProto()
+                b = protos.pb2().BlobProto()
                 b.ParseFromString(open(mean, "rb").read())
                 arr = _caffe().io.blobproto_to_array(b)[0]
             arr = np.asarray(arr, np.float32)
@@ -67,8 +63,8 @@ def _blob_shape(b):
 def load_weights(net, weights, deploy):
     """Copies ``weights`` (caffemodel) into ``net`` by layer name, checking
     shapes first: a mismatch is a one-line ReconDecError, not an abort."""
-    m = prototxt.read_caffemodel(weights)
-    src = {l.name: l.blobs for l in list(m.layers) + list(m.layer) if l.blobs}
+    m = protos.read_caffemodel(weights)
+    src = {name: l.blobs for name, l in protos.caffemodel_layers(m).items()}
     copied = 0
     for name, params in net.params.items():
         if name not in src:
@@ -111,16 +107,15 @@ def classifier_only(param):
 
 
 def load_net(deploy, weights, gpu=None):
-    from google.protobuf import text_format
     caffe = _caffe()
-    param = classifier_only(_read_net(deploy))  # also a clear error for an unparsable prototxt
+    param = classifier_only(protos.read_net(deploy))  # also a clear error for an unparsable prototxt
     if gpu is None:
         caffe.set_mode_cpu()
     else:
         caffe.set_device(int(gpu))
         caffe.set_mode_gpu()
     with tempfile.NamedTemporaryFile("w", suffix=".prototxt") as f:
-        f.write(text_format.MessageToString(param))
+        f.write(protos.to_text(param))
         f.flush()
         net = caffe.Net(f.name, caffe.TEST)
     if weights:
@@ -134,9 +129,8 @@ def fully_convolutional(deploy, net, crop, out_prototxt):
     covers its input at a ``crop`` input -- the first fc -- or 1x1; Flatten
     layers feeding them are dropped) and returns a caffe.Net holding
     ``net``'s weights, reshaped."""
-    from google.protobuf import text_format
     caffe = _caffe()
-    param = classifier_only(_read_net(deploy))
+    param = classifier_only(protos.read_net(deploy))
     inp = net.inputs[0]
     shape = list(net.blobs[inp].data.shape)
     net.blobs[inp].reshape(1, shape[1], crop, crop)
@@ -168,7 +162,7 @@ def fully_convolutional(deploy, net, crop, out_prototxt):
             l.type = "Convolution"
             l.ClearField("inner_product_param")
         param.layer.add().CopyFrom(l)
-    atomic.write_text(out_prototxt, text_format.MessageToString(param))
+    atomic.write_text(out_prototxt, protos.to_text(param))
     fc = caffe.Net(out_prototxt, caffe.TEST)
     for name, params in net.params.items():
         for src, dst in zip(params, fc.params[name]):
@@ -197,7 +191,7 @@ def _softmax(x, axis=1):
 
 
 def _ends_in_softmax(deploy, blob):
-    for l in _read_net(deploy).layer:
+    for l in protos.read_net(deploy).layer:
         if blob in l.top and l.type == "Softmax":
             return True
     return False
@@ -349,7 +343,7 @@ def register(subparsers):
     p.add_argument("--crop", type=int, default=224)
     p.add_argument("--batch-size", type=int, default=25)
     p.add_argument("--output", help="score blob (default: the net's last output)")
-    p.add_argument("--model", help="model name for the table (baseline, swwae-all, ...)")
+    p.add_argument("--model", help="model name for the table, e.g. the variant evaluated")
     p.add_argument("--gpu", type=int)
     p.add_argument("--limit", type=int, help="evaluate only the first N images")
     p.add_argument("--out", help="results JSON to write")

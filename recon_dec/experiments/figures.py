@@ -1,63 +1,15 @@
 """Figures of the demo: reconstructions from each macro-layer with fixed vs
 known switches (the paper's Figure 5), and training curves."""
 import glob
-import json
 import os
-import re
 
 import numpy as np
 
-from . import atomic, plot, train
-from .errors import ReconDecError
+from .. import atomic
+from ..errors import ReconDecError
+from . import plot
 
 N_SHOWN = 10
-
-
-def _recon_plans(recon_plans, variant):
-    """{k: plan path} of one variant's inversion nets (keys of
-    generate()'s recon_plans look like "swwae-first/layer3/plan.json")."""
-    out = {}
-    for key, path in recon_plans.items():
-        m = re.match(r"^(?P<variant>[^/]+)/layer(?P<k>\d+)/plan\.json$", key)
-        if m and m["variant"] == variant:
-            out[int(m["k"])] = path
-    return out
-
-
-def train_inversion_nets(info, n_macros, step2_outputs, probe):
-    """Trains the inversion nets from macro-layers 1..n (fixed and known
-    switches), their decoders initialised from the step-2 layerwise decoders
-    (same layer names) and the encoder from the pretrained classifier; the
-    learning rate of each is chosen by ``probe(solver, weights) -> lr``.
-    Returns {mode: {k: (deploy, weights)}}."""
-    nets = {}
-    for mode, variant in (("fixed", "sae-first"), ("known", "swwae-first")):
-        plans = _recon_plans(info["recon_plans"], variant)
-        for k in range(1, n_macros + 1):
-            if k not in plans:
-                raise ReconDecError(f"no inversion net {variant}/layer{k} was generated")
-            plan_path = plans[k]
-            plan = json.load(open(plan_path))
-            stage = plan["stages"][0]
-            if not any(i["weights"] == step2_outputs[mode] for i in stage["init"]):
-                stage["init"].append({"weights": step2_outputs[mode], "layers": stage["decoder_layers"]})
-            base = os.path.dirname(plan_path)
-            solver = os.path.join(base, stage["solver"])
-            lr = probe(solver, [info["pretrained"], step2_outputs[mode]])
-            _set_base_lr(solver, lr)
-            atomic.write_text(plan_path, json.dumps(plan, indent=2) + "\n")
-            weights = train.run_all(plan_path, progress=False)[-1]
-            nets.setdefault(mode, {})[k] = (os.path.join(base, "deploy.prototxt"), weights)
-    return nets
-
-
-def _set_base_lr(solver_path, lr):
-    from caffe.proto import caffe_pb2
-    from google.protobuf import text_format
-    sp = caffe_pb2.SolverParameter()
-    text_format.Merge(open(solver_path).read(), sp)
-    sp.base_lr = lr
-    atomic.write_text(solver_path, text_format.MessageToString(sp))
 
 
 def reconstruct(deploy, weights, images, mean):
@@ -113,7 +65,7 @@ def reconstruction_figure(nets, images, mean, out_png):
 def curves(root, out_dir):
     """A PNG of the loss heads and accuracies of every caffe log under root."""
     written = []
-    for log in sorted(glob.glob(os.path.join(root, "seed*", "**", "logs", "*.log"), recursive=True)):
+    for log in sorted(glob.glob(os.path.join(root, "**", "logs", "*.log"), recursive=True)):
         rel = os.path.relpath(log, root).replace(os.sep, "_").replace("_logs_", "_")
         out = os.path.join(out_dir, os.path.splitext(rel)[0] + ".png")
         try:

@@ -9,13 +9,20 @@ name), ReLUs are ``<conv>/relu``, the pool after the last conv of a block is
 is ``<fc>/dropout``. Blob shapes are computed here with Caffe's formulas, so a
 net Caffe would reject fails with a message instead of aborting the process."""
 import copy
-import math
 from dataclasses import dataclass, field
 
-from . import prototxt
-from .errors import ReconDecError, where
+from ..caffe_io import protos
+from ..caffe_io.shapes import conv_geometry, pool_geometry, pool_out, shape_text
+from ..errors import ReconDecError, where
 
 PARAM_TYPES = ("Convolution", "InnerProduct")
+
+# layer types the encoder analysis understands; the rest are rejected
+ENCODER_TYPES = {"Convolution", "ReLU", "Pooling", "InnerProduct", "Dropout",
+                 "LRN", "BatchNorm", "Scale"}
+INPUT_TYPES = {"Input", "Data", "ImageData"}
+# classifier heads of a deploy/train file: dropped, the generator adds its own
+HEAD_TYPES = {"Softmax", "SoftmaxWithLoss", "Accuracy"}
 
 
 @dataclass
@@ -120,58 +127,15 @@ class Encoder:
             pool = m.pool
             pdesc = (f" + {pool.name} ({_pool_text(pool.param.pooling_param)})" if pool else " (no pooling)")
             lines.append(f"macro-layer {m.index}: {convs}{pdesc}: "
-                         f"{_shape_text(m.in_shape)} -> {_shape_text(m.out_shape)}")
+                         f"{shape_text(m.in_shape)} -> {shape_text(m.out_shape)}")
         if self.fc_layers:
             lines.append("fc block: " + ", ".join(f"{l.name} ({l.out_shape[0]})" for l in self.fc_layers))
         return "\n".join(lines)
 
 
-def _shape_text(s):
-    return "x".join(str(d) for d in s)
-
-
 def _pool_text(pp):
-    k, s, p = _pool_geometry(pp)
+    k, s, p = pool_geometry(pp)
     return f"max {k[0]}x{k[1]}/{s[0]}" + (f" pad {p[0]}" if any(p) else "")
-
-
-def _hw(repeated, has_hw, h, w, default):
-    """Caffe's repeated spatial parameter or its ``_h``/``_w`` pair -> (h, w)."""
-    if has_hw:
-        return (h, w)
-    vals = list(repeated)
-    if not vals:
-        return (default, default)
-    return (vals[0], vals[1] if len(vals) > 1 else vals[0])
-
-
-def conv_geometry(cp):
-    """(kernel, stride, pad, dilation) as (h, w) pairs of a ConvolutionParameter."""
-    k = _hw(cp.kernel_size, cp.HasField("kernel_h"), cp.kernel_h, cp.kernel_w, 0)
-    s = _hw(cp.stride, cp.HasField("stride_h"), cp.stride_h, cp.stride_w, 1)
-    p = _hw(cp.pad, cp.HasField("pad_h"), cp.pad_h, cp.pad_w, 0)
-    d = _hw(cp.dilation, False, 0, 0, 1)
-    return k, s, p, d
-
-
-def _pool_geometry(pp):
-    k = (pp.kernel_h, pp.kernel_w) if pp.HasField("kernel_h") else (pp.kernel_size, pp.kernel_size)
-    s = (pp.stride_h, pp.stride_w) if pp.HasField("stride_h") else (pp.stride, pp.stride)
-    p = (pp.pad_h, pp.pad_w) if pp.HasField("pad_h") else (pp.pad, pp.pad)
-    return k, s, p
-
-
-def pool_out(size, k, s, p):
-    """Caffe's pooled size (ceil mode, last window must start inside)."""
-    out = int(math.ceil((size + 2 * p - k) / s)) + 1
-    if p and (out - 1) * s >= size + p:
-        out -= 1
-    return out
-
-
-def unpool_out(size, k, s, p):
-    """The Unpooling layer's default output size."""
-    return (size - 1) * s + k - 2 * p
 
 
 def _shape_after(layer, shape, path, src_name):
@@ -188,7 +152,7 @@ def _shape_after(layer, shape, path, src_name):
         h = (shape[1] + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
         w = (shape[2] + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
         if h <= 0 or w <= 0:
-            raise ReconDecError(where(path, src_name) + f"input {_shape_text(shape)} too small for the kernel")
+            raise ReconDecError(where(path, src_name) + f"input {shape_text(shape)} too small for the kernel")
         return (cp.num_output, h, w)
     if t == "Pooling":
         pp = layer.pooling_param
@@ -196,7 +160,7 @@ def _shape_after(layer, shape, path, src_name):
             raise ReconDecError(where(path, src_name) + "pooling after an inner product")
         if pp.pool != pp.MAX or pp.global_pooling:
             raise ReconDecError(where(path, src_name) + "only (non-global) MAX pooling can be mirrored by unpooling")
-        (kh, kw), (sh, sw), (ph, pw) = _pool_geometry(pp)
+        (kh, kw), (sh, sw), (ph, pw) = pool_geometry(pp)
         if kh <= 0 or sh <= 0:
             raise ReconDecError(where(path, src_name) + "pooling without kernel/stride")
         return (shape[0], pool_out(shape[1], kh, sh, ph), pool_out(shape[2], kw, sw, pw))
@@ -237,11 +201,75 @@ def _rename(layers, path):
     return out
 
 
+def input_shape_of(net, path):
+    """(N, C, H, W) of the net's input blob, from its Input layer (or a data
+    layer's crop size when the file is a train_val net)."""
+    for layer in net.layer:
+        if layer.type == "Input":
+            if not layer.input_param.shape:
+                raise ReconDecError(where(path, layer.name) + "Input layer without a shape")
+            dims = list(layer.input_param.shape[0].dim)
+            if len(dims) != 4:
+                raise ReconDecError(where(path, layer.name) + f"input shape {dims} is not N,C,H,W")
+            return tuple(int(d) for d in dims)
+    raise ReconDecError(f"{path}: no Input layer (a deploy prototxt with an input shape is needed)")
+
+
+def validate(net, path):
+    """Checks the net is a single chain of supported layers: every layer
+    reads the previous output, no blob is read twice (a branch). Returns the
+    encoder layers in order (input and head layers left out)."""
+    layers = []
+    current = None  # blob the next layer must read
+    consumed = set()
+    head = False
+    for layer in net.layer:
+        if any(r.HasField("phase") and r.phase == protos.pb2().TRAIN for r in layer.include):
+            continue  # a train_val file: the TEST-phase view is the deploy net
+        t = layer.type
+        if t in INPUT_TYPES:
+            if current is not None:
+                raise ReconDecError(where(path, layer.name) + "a second input layer (branching nets are not supported)")
+            current = layer.top[0]
+            continue
+        if t in ("Concat", "Eltwise", "Split", "Slice"):
+            raise ReconDecError(where(path, layer.name) + f"layer type {t} makes a branching net; "
+                                "only plain chains can be mirrored by a decoder")
+        if t in HEAD_TYPES:
+            head = True  # the classifier head: ignored, must be last
+            continue
+        if t not in ENCODER_TYPES:
+            raise ReconDecError(where(path, layer.name) + f"unsupported layer type {t!r} (supported: "
+                                + ", ".join(sorted(ENCODER_TYPES | INPUT_TYPES)) + ")")
+        if head:
+            raise ReconDecError(where(path, layer.name) + f"{t} layer after the classifier head")
+        if current is None:
+            raise ReconDecError(where(path, layer.name) + "the net has no Input layer before its first layer")
+        if len(layer.bottom) != 1 or len(layer.top) != 1:
+            raise ReconDecError(where(path, layer.name) + f"{len(layer.bottom)} bottoms / {len(layer.top)} tops; "
+                                "only single-input single-output layers are supported")
+        bottom, top = layer.bottom[0], layer.top[0]
+        if bottom != current:
+            raise ReconDecError(where(path, layer.name) + f"reads blob '{bottom}' but the previous layer wrote "
+                                f"'{current}' (branching nets are not supported)")
+        if top != bottom:
+            if bottom in consumed:
+                raise ReconDecError(where(path, layer.name) + f"blob '{bottom}' is read twice (a branch)")
+            consumed.add(bottom)
+        current = top
+        layers.append(layer)
+    if current is None:
+        raise ReconDecError(f"{path}: no Input layer")
+    if not layers:
+        raise ReconDecError(f"{path}: the net has no layers to mirror")
+    return layers
+
+
 def analyse(net, path, input_shape=None):
     """``Encoder`` of a validated NetParameter. ``input_shape`` (N,C,H,W)
     overrides the deploy file's input (smaller tests, other crops)."""
-    layers = prototxt.validate(net, path)
-    shape4 = tuple(input_shape) if input_shape else prototxt.input_shape(net, path)
+    layers = validate(net, path)
+    shape4 = tuple(input_shape) if input_shape else input_shape_of(net, path)
     shape = tuple(shape4[1:])
     enc_layers = []
     for l, src_name in _rename(layers, path):
@@ -285,57 +313,4 @@ def analyse(net, path, input_shape=None):
 
 
 def load_encoder(path, input_shape=None):
-    return analyse(prototxt.load(path), path, input_shape)
-
-
-# --------------------------------------------------------------------------
-def _set_params(l, specs):
-    del l.param[:]
-    for lr, decay in specs:
-        p = l.param.add()
-        p.lr_mult, p.decay_mult = lr, decay
-
-
-def encoder_layers(enc, frozen, upto=None, masks=True, dropout=True):
-    """Copies of the encoder layers for a generated net.
-
-    ``frozen``: every parameter lr_mult 0 and decay_mult 0 (steps 2-3 and the
-    inversion nets) and BatchNorm on its stored statistics; otherwise the
-    usual lr_mult 1/2, decay_mult 1/0. ``upto``: stop after the layer
-    writing this blob (the inversion nets need no classifier). ``masks``:
-    give pools their switch top only when an unpooling layer reads it (Caffe
-    would print every element of an unread blob in the training log)."""
-    out = []
-    for e in enc.layers:
-        if out and upto is not None and upto in out[-1].top and not _more_in_place(enc, prev, upto):
-            break
-        prev = e
-        l = copy.deepcopy(e.param)
-        t = l.type
-        if t in PARAM_TYPES:
-            bias = (l.convolution_param.bias_term if t == "Convolution" else l.inner_product_param.bias_term)
-            n = 2 if bias else 1
-            fp = l.convolution_param if t == "Convolution" else l.inner_product_param
-            if not fp.HasField("weight_filler"):  # training from scratch (no --weights)
-                fp.weight_filler.type = "msra"
-            _set_params(l, [(0.0, 0.0)] * n if frozen else [(1.0, 1.0), (2.0, 0.0)][:n])
-        elif t == "BatchNorm":
-            _set_params(l, [(0.0, 0.0)] * 3)  # running statistics, never learned by SGD
-            if frozen:
-                l.batch_norm_param.use_global_stats = True
-        elif t == "Scale":
-            n = 2 if l.scale_param.bias_term else 1
-            _set_params(l, [(0.0, 0.0)] * n if frozen else [(1.0, 1.0), (1.0, 0.0)][:n])
-        elif t == "Pooling" and not masks:
-            del l.top[1:]
-        elif t == "Dropout" and not dropout:
-            continue
-        out.append(l)
-    return out
-
-
-def _more_in_place(enc, e, blob):
-    """True when a later layer still writes ``blob`` in place (a ReLU after
-    the conv that ``upto`` names)."""
-    i = enc.layers.index(e)
-    return i + 1 < len(enc.layers) and enc.layers[i + 1].top == blob and enc.layers[i + 1].bottom == blob
+    return analyse(protos.load_net(path), path, input_shape)

@@ -8,8 +8,8 @@ import os
 
 import numpy as np
 
-from . import atomic
-from .errors import ReconDecError
+from .. import atomic
+from ..errors import ReconDecError
 
 MODELS = ["baseline", "sae-first", "sae-all", "sae-layerwise",
           "swwae-first", "swwae-all", "swwae-layerwise"]

@@ -1,0 +1,206 @@
+"""The stage plan (``plan.json``, docs/PLAN_FORMAT.md): the one definition
+of its format, the resolution of weight references, and the enforcement of
+``init[].layers``: a stage is initialised with exactly the layers its plan
+names, taken from the files it names (net surgery on the caffemodels into a
+per-stage init caffemodel; Caffe's ``-weights`` alone would copy every layer
+of every file by name)."""
+import json
+import os
+import sys
+
+from .. import atomic
+from ..caffe_io import protos
+from ..errors import ReconDecError
+
+FORMAT = "recon-dec-plan/2"
+FORMAT_V1 = "recon-dec-plan/1"   # stages keyed by an integer "step"; read, never written
+PRETRAINED = "@pretrained"
+STAGE_REF = "@stage:"
+STAGE_KEYS = ("id", "solver", "snapshot_prefix", "output")
+
+
+def stage_ref(stage_id):
+    return f"{STAGE_REF}{stage_id}"
+
+
+def dumps(plan):
+    return json.dumps(plan, indent=2) + "\n"
+
+
+def load(plan_path):
+    """A plan.json, checked, with ``_path`` and ``_dir`` added."""
+    plan_path = os.path.abspath(os.fspath(plan_path))
+    try:
+        with open(plan_path) as f:
+            plan = json.load(f)
+    except OSError as e:
+        raise ReconDecError(f"{plan_path}: {e.strerror}")
+    except ValueError as e:
+        raise ReconDecError(f"{plan_path}: not valid JSON ({e})")
+    if not isinstance(plan, dict) or plan.get("format") not in (FORMAT, FORMAT_V1):
+        got = plan.get("format") if isinstance(plan, dict) else None
+        raise ReconDecError(f"{plan_path}: format is {got!r}, expected '{FORMAT}'")
+    stages = plan.get("stages")
+    if not stages or not isinstance(stages, list):
+        raise ReconDecError(f"{plan_path}: the plan has no stages")
+    for s in stages:
+        if not isinstance(s, dict):
+            raise ReconDecError(f"{plan_path}: a stage is not an object")
+        if plan["format"] == FORMAT_V1 and "step" in s:
+            s.setdefault("id", str(s["step"]))
+            s.setdefault("log", f"logs/step{s['step']}.log")
+            s["requires"] = [str(r) for r in s.get("requires", [])]
+        for k in STAGE_KEYS:
+            if k not in s:
+                raise ReconDecError(f"{plan_path}: a stage lacks '{k}'")
+        s["id"] = str(s["id"])
+    ids = [s["id"] for s in stages]
+    if len(set(ids)) != len(ids):
+        raise ReconDecError(f"{plan_path}: two stages share an id ({', '.join(ids)})")
+    plan["_path"] = plan_path
+    plan["_dir"] = os.path.dirname(plan_path)
+    return plan
+
+
+def stage(plan, stage_id):
+    for s in plan["stages"]:
+        if s["id"] == str(stage_id):
+            return s
+    have = ", ".join(s["id"] for s in plan["stages"])
+    raise ReconDecError(f"{plan['_path']}: no stage {stage_id} (stages: {have})")
+
+
+def path(plan, p):
+    """A path of the plan, absolute (plan paths are relative to its directory)."""
+    return p if os.path.isabs(p) else os.path.join(plan["_dir"], p)
+
+
+def stage_output(plan, stage_id):
+    return path(plan, stage(plan, stage_id)["output"])
+
+
+def stage_complete(plan, stage_id):
+    return os.path.isfile(stage_output(plan, stage_id))
+
+
+def default_log(snapshot_prefix):
+    return os.path.join("logs", os.path.basename(snapshot_prefix) + ".log")
+
+
+def log_path(plan, st):
+    """Where the driver logs a stage: its ``log``, or ``logs/<snapshot name>.log``."""
+    return path(plan, st.get("log") or default_log(st["snapshot_prefix"]))
+
+
+def _missing_stage(plan, st, r, why):
+    return ReconDecError(f"{plan['_path']}: stage {st['id']} {why} stage {r}'s output "
+                         f"{stage(plan, r)['output']}, which does not exist; run "
+                         f"`recon-dec train {plan['_path']} --stage {r}` first")
+
+
+def resolve_weights(plan, st):
+    """[(absolute caffemodel path, layer names or None)] of a stage's
+    ``init`` entries, in order; one-line errors for a missing
+    prerequisite or file."""
+    for r in st.get("requires", []):
+        if not stage_complete(plan, r):
+            raise _missing_stage(plan, st, r, "needs")
+    out = []
+    for init in st.get("init", []):
+        w = init["weights"]
+        if w == PRETRAINED:
+            if not plan.get("pretrained"):
+                raise ReconDecError(f"{plan['_path']}: stage {st['id']} uses {PRETRAINED} but the plan has no 'pretrained'")
+            p = path(plan, plan["pretrained"])
+            if not os.path.isfile(p):
+                raise ReconDecError(f"{p}: pretrained weights (stage {st['id']}) do not exist")
+        elif w.startswith(STAGE_REF):
+            r = w[len(STAGE_REF):]
+            p = stage_output(plan, r)
+            if not os.path.isfile(p):
+                raise _missing_stage(plan, st, r, "is initialised from")
+        else:
+            p = path(plan, w)
+            if not os.path.isfile(p):
+                raise ReconDecError(f"{p}: initial weights for stage {st['id']} do not exist")
+        out.append((p, init.get("layers")))
+    return out
+
+
+def caffe_weights_arg(plan, st):
+    """What ``caffe train -weights`` gets in the stage's shell command (for
+    README files): the files, in order."""
+    out = []
+    for init in st.get("init", []):
+        w = init["weights"]
+        if w == PRETRAINED:
+            w = plan["pretrained"]
+        elif w.startswith(STAGE_REF):
+            w = stage(plan, w[len(STAGE_REF):])["output"]
+        if w not in out:
+            out.append(w)
+    return out
+
+
+def init_weights(plan, st, net=None, net_path=None):
+    """The one caffemodel that initialises a stage, or None, and {layer:
+    file it comes from}: each init entry's listed layers (all of its layers
+    when it lists none) copied from its file, later entries winning. When a
+    single file holds exactly those layers it is used as it is; otherwise
+    they are copied into ``init/<snapshot name>.caffemodel`` beside the plan
+    (the driver removes it once Caffe has read it). ``net`` (the stage's
+    NetParameter) checks that the layers exist."""
+    entries = resolve_weights(plan, st)
+    if not entries:
+        return None, {}
+    mine = {l.name for l in net.layer} if net is not None else None
+    chosen = {}
+    for p, names in entries:
+        layers = protos.caffemodel_layers(protos.read_caffemodel(p))
+        if names is None:
+            if mine is not None and layers and not set(layers) & mine:
+                raise ReconDecError(f"{p}: none of its layers ({', '.join(sorted(layers)[:4])}...) "
+                                    f"is a layer of {net_path}")
+            names = list(layers)
+        elif not names:
+            raise ReconDecError(f"{plan['_path']}: stage {st['id']}: the init entry of {p} lists no layers")
+        for n in names:
+            if mine is not None and n not in mine:
+                raise ReconDecError(f"{plan['_path']}: stage {st['id']} initialises layer '{n}' "
+                                    f"from {p}, but {net_path} has no such layer")
+        _warn_missing(p, names, set(layers), st)
+        for n in names:
+            if n in layers:
+                chosen[n] = (layers[n], p)
+    origin = {n: p for n, (_, p) in chosen.items()}
+    files = set(origin.values())
+    if len(files) == 1:
+        only = files.pop()
+        if set(protos.caffemodel_layers(protos.read_caffemodel(only))) == set(origin):
+            return only, origin
+    merged = protos.pb2().NetParameter()
+    merged.name = f"init of stage {st['id']}"
+    for n, (src, _) in chosen.items():
+        l = merged.layer.add()
+        l.name = n
+        if isinstance(src.type, str):
+            l.type = src.type
+        l.blobs.extend(src.blobs)
+    out = path(plan, os.path.join("init", os.path.basename(st["snapshot_prefix"]) + ".caffemodel"))
+    atomic.write_bytes(out, merged.SerializeToString())
+    return out, origin
+
+
+def _warn_missing(p, names, held, st):
+    """Layers a plan lists but a weights file lacks keep their fillers, as
+    Caffe does; say so once (e.g. BatchNorm layers renamed by the analysis)."""
+    if names is None:
+        return
+    missing = [n for n in names if n not in held]
+    if missing and len(missing) < len(names):
+        print(f"recon-dec: warning: stage {st['id']}: {p} has no weights for "
+              f"{', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}: left at their fillers",
+              file=sys.stderr)
+    elif missing:
+        raise ReconDecError(f"{p}: none of the layers stage {st['id']} initialises from it "
+                            f"({', '.join(names[:4])}{' ...' if len(names) > 4 else ''}) is in it")
