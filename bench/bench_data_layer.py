@@ -28,7 +28,7 @@ def main():
     ap.add_argument("--db", help="use this LMDB instead of a synthetic one")
     args = ap.parse_args()
     import caffe
-    from recon_dec import data
+    from recon_dec.data import store as data
     caffe.set_mode_cpu()
     tmp = tempfile.mkdtemp(prefix="bench-sj-")
     db = args.db
