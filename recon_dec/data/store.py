@@ -96,6 +96,9 @@ def decode_value(value, color=None, where=""):
         if img is None:
             raise ReconDecError(f"{where}: an image could not be decoded")
     else:
+        if len(d.data) != d.channels * d.height * d.width or not d.data:
+            raise ReconDecError(f"{where}: a raw Datum holds {len(d.data)} bytes, but declares "
+                                f"{d.channels}x{d.height}x{d.width}")
         img = np.frombuffer(d.data, np.uint8).reshape(d.channels, d.height, d.width)
         img = img[0] if d.channels == 1 else img.transpose(1, 2, 0)
         if color is True and img.ndim == 2:
@@ -112,6 +115,20 @@ def make_value(encoded, label, shape):
     d.data = encoded
     d.height, d.width = shape[:2]
     d.channels = 1 if len(shape) == 2 else shape[2]
+    return d.SerializeToString()
+
+
+def make_raw_value(img, label):
+    """A raw (unencoded) uint8 Datum of ``img`` (HxW, or CxHxW as Caffe
+    stores it), ``encoded`` false: Caffe's ``Data`` layer copies the bytes
+    without OpenCV. ``label`` may be -1 (an unlabeled image)."""
+    img = np.ascontiguousarray(img, np.uint8)
+    chw = img.shape if img.ndim == 3 else (1,) + img.shape
+    d = _pb2().Datum()
+    d.channels, d.height, d.width = chw
+    d.data = img.tobytes()
+    d.label = int(label)
+    d.encoded = False
     return d.SerializeToString()
 
 
@@ -319,6 +336,82 @@ def build_lmdb(items, out, shorter_edge=None, encoding="png", quality=95,
     return manifest
 
 
+def reusable_lmdb(out, fingerprint):
+    """The manifest of ``out`` if it is a complete LMDB written from the
+    same ``fingerprint`` (nothing to redo), None if ``out`` does not exist;
+    a ReconDecError if it exists and holds anything else."""
+    out = os.fspath(out)
+    if not os.path.lexists(out):
+        return None
+    manifest = read_manifest(out) if os.path.isdir(out) else None
+    if manifest is None or manifest.get("fingerprint") != fingerprint or \
+            not manifest.get("complete"):
+        raise ReconDecError(f"{out}: exists and was written from other data or settings; "
+                            "remove it or choose another --out")
+    return manifest
+
+
+def write_raw_lmdb(images, labels, out, fingerprint, progress=False, commit_every=8192):
+    """Writes ``images`` (N x H x W or N x C x H x W uint8) with ``labels``
+    as raw Datums (``make_raw_value``), keys ``%08d`` in array order, to the
+    new LMDB ``out``, with the manifest ``verify_lmdb`` checks (encoding
+    "raw"). Atomic: built in a temporary directory beside ``out`` and
+    renamed into place, so ``out`` is complete or absent. ``fingerprint``
+    names what was written: an ``out`` already built from the same one is
+    kept (returns its manifest), any other ``out`` is refused."""
+    import lmdb
+    import shutil
+    import tempfile
+    out = os.fspath(out).rstrip("/")
+    done = reusable_lmdb(out, fingerprint)
+    if done is not None:
+        return done
+    if len(images) != len(labels) or not len(images):
+        raise ReconDecError(f"{out}: need as many labels as images, and at least one "
+                            f"(got {len(images)} and {len(labels)})")
+    parent = os.path.dirname(os.path.abspath(out))
+    try:
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix="." + os.path.basename(out) + ".", suffix=".tmp", dir=parent)
+        os.chmod(tmp, 0o755)  # mkdtemp's 0700 would follow the rename
+    except OSError as e:
+        raise ReconDecError(f"{out}: cannot write here ({e.strerror})") from None
+    sha, hist, t0 = hashlib.sha256(), {}, time.time()
+    try:
+        env = lmdb.open(tmp, map_size=MAP_SIZE, subdir=True)
+        try:
+            bar = _progress(len(images), 0, os.path.basename(out), progress)
+            for start in range(0, len(images), commit_every):
+                with env.begin(write=True) as txn:
+                    for i in range(start, min(start + commit_every, len(images))):
+                        key, value = f"{i:08d}".encode(), make_raw_value(images[i], labels[i])
+                        txn.put(key, value, append=True)
+                        sha.update(key)
+                        sha.update(value)
+                        hist[int(labels[i])] = hist.get(int(labels[i]), 0) + 1
+                bar.update(min(commit_every, len(images) - start))
+            bar.close()
+            env.sync()
+        finally:
+            env.close()
+        manifest = {"format": FORMAT, "fingerprint": fingerprint, "shorter_edge": None,
+                    "encoding": "raw", "total": len(images), "complete": True,
+                    "count": len(images), "sha256": sha.hexdigest(), "resumed_from": 0,
+                    "num_classes": max(hist) + 1 if max(hist) >= 0 else 0,
+                    "per_label": {str(k): hist[k] for k in sorted(hist)},
+                    "seconds_last_run": round(time.time() - t0, 3)}
+        atomic.write_text(os.path.join(tmp, MANIFEST), json.dumps(manifest, indent=1))
+        os.rename(tmp, out)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, lmdb.Error):
+            raise ReconDecError(f"{out}: LMDB error ({str(e).splitlines()[0]})") from None
+        if isinstance(e, OSError):
+            raise ReconDecError(f"{out}: cannot write it ({e.strerror or e})") from None
+        raise
+    return manifest
+
+
 def verify_lmdb(db, decode=False, progress=False):
     """Re-counts and re-hashes ``db`` against its manifest; with ``decode``
     also decodes every image. Returns the manifest; raises ReconDecError."""
@@ -351,7 +444,7 @@ def verify_lmdb(db, decode=False, progress=False):
 
 # --------------------------------------------------------------------------
 def register(subparsers):
-    p = subparsers.add_parser("data", help="build and verify image LMDBs")
+    p = subparsers.add_parser("data", help="build and verify image LMDBs, semi-supervised splits")
     sub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     b = sub.add_parser("build", help="encoded-image LMDB from an image list (resumable)")
     b.add_argument("--images", required=True, help="root the list's paths are relative to")
@@ -369,6 +462,18 @@ def register(subparsers):
     v.add_argument("db")
     v.add_argument("--decode", action="store_true", help="also decode every image")
     v.set_defaults(func=_cmd_verify)
+    s = sub.add_parser("semi", help="semi-supervised split as raw-Datum LMDBs: labeled, "
+                       "unlabeled (labels -1), test, optional val (docs/DATASETS.md)")
+    s.add_argument("--dataset", required=True,
+                   help="mnist5k, fashion-mnist, or idx:TRAIN_IMAGES,TRAIN_LABELS,TEST_IMAGES,TEST_LABELS")
+    s.add_argument("--labels", required=True,
+                   help="labeled images, the same number of each class (or 'all')")
+    s.add_argument("--seed", type=int, default=0, help="fixes the split (default 0)")
+    s.add_argument("--out", required=True, help="directory for the LMDBs and manifest.json")
+    s.add_argument("--val", type=int, default=0,
+                   help="training images held out, with labels, as val_lmdb (default 0: none)")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=_cmd_semi)
 
 
 def _cmd_build(args):
@@ -381,3 +486,10 @@ def _cmd_build(args):
 def _cmd_verify(args):
     m = verify_lmdb(args.db, decode=args.decode, progress=True)
     print(f"{args.db}: OK ({m['count']} images, sha256 {m['sha256'][:16]}...)")
+
+
+def _cmd_semi(args):
+    from . import datasets  # it imports this module
+    split = datasets.write_semi_supervised(args.dataset, args.labels, args.seed, args.out,
+                                           val=args.val, progress=not args.no_progress)
+    print(datasets.describe(split))
