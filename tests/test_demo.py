@@ -30,8 +30,10 @@ def installed(tmp_path_factory):
     venv = tmp_path_factory.mktemp("fresh") / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py = venv / "bin" / "python"
-    subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--disable-pip-version-check", str(REPO)], check=True, cwd=str(venv))
+    # the venv's own pip installs the package from the repository (build isolation fetches
+    # a current setuptools from PyPI: the fresh venv's old one cannot build wheels)
+    subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--disable-pip-version-check",
+                    str(REPO)], check=True, cwd=str(venv))
     site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           check=True, capture_output=True, text=True).stdout.strip()
     import caffe

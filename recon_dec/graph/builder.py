@@ -58,7 +58,8 @@ class EncoderPass:
     one copy and sums both gradients); None leaves them unnamed.
     ``input_blob``: what the first layer reads. ``upto``: stop after the layer
     writing that blob. ``switches``: give pools their switch top (only when an
-    unpooling reads it: Caffe prints unread blobs). ``dropout``: keep dropout.
+    unpooling reads it: Caffe prints unread blobs), or the names of the pools
+    whose switches are read. ``dropout``: keep dropout.
     ``preactivations``: ReLUs write ``<layer>/act`` instead of in place, so
     the conv/fc output stays readable. ``relu_masks``: a Threshold layer
     ``<relu>/mask`` (1 where the unit is active) after each ReLU.
@@ -102,7 +103,7 @@ class EncoderPass:
             else:
                 l.top[0] = prefix + e.top
             if e.type == "Pooling":
-                if switches:
+                if switches is True or (switches is not False and e.name in switches):
                     l.top[1] = prefix + e.param.top[1]
                     self.switches[e.name] = l.top[1]
                 else:
@@ -119,10 +120,10 @@ class EncoderPass:
                 self.layers.append(m)
                 self.masks[e.name] = m.top[0]
                 tapped.add(out)
+            self.output[e.name] = out   # what the layer itself wrote (before any hook)
             if hook:
                 out = self._hooked(hook, e, out)
             blob_of[e.top] = out
-            self.output[e.name] = out
         self.blob_of = blob_of
 
     def _hooked(self, hook, e, blob):

@@ -31,7 +31,7 @@ class DataSpec:
     square_size: int = None          # scale-jitter: centre square resized to NxN (AlexNet)
     threads: int = 4                 # scale-jitter: decoding threads per batch
     mean: tuple = None               # per-channel; default ImageNet's for 3 channels, none otherwise
-    scale: float = 1.0
+    scale: float = None              # None: the method's default, else 1
     crop: int = None                 # default: the net's input size
     mirror: bool = True
     test_batch: int = 10
@@ -79,7 +79,7 @@ def data_layers(spec, input_shape, batch, phases=None):
         if crop:
             transform.crop_size = crop
         transform.mean_value.extend(_g(m) for m in mean)
-        if spec.scale != 1.0:
+        if spec.scale not in (None, 1.0):
             transform.scale = _g(spec.scale)
         if spec.kind == "lmdb":
             l.data_param.source, l.data_param.batch_size = sources[phase], batches[phase]

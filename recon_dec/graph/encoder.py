@@ -186,7 +186,7 @@ def _rename(layers, path):
             if last_param is None:
                 raise ReconDecError(where(path, src.name) + f"{t} before the first convolution is not supported")
             suffix = {"ReLU": "relu", "Dropout": "dropout", "LRN": "norm", "BatchNorm": "bn",
-                      "Scale": "scale", "Pooling": "pool"}[t]
+                      "Scale": "scale", "Pooling": "pool", "Sigmoid": "sigmoid", "TanH": "tanh"}[t]
             l.name = f"{last_param}/{suffix}"
             l.bottom[0] = blob
             # pooling and LRN cannot run in place; the others keep the blob
@@ -215,7 +215,7 @@ def input_shape_of(net, path):
     raise ReconDecError(f"{path}: no Input layer (a deploy prototxt with an input shape is needed)")
 
 
-def validate(net, path):
+def validate(net, path, types=ENCODER_TYPES):
     """Checks the net is a single chain of supported layers: every layer
     reads the previous output, no blob is read twice (a branch). Returns the
     encoder layers in order (input and head layers left out)."""
@@ -238,9 +238,9 @@ def validate(net, path):
         if t in HEAD_TYPES:
             head = True  # the classifier head: ignored, must be last
             continue
-        if t not in ENCODER_TYPES:
+        if t not in types:
             raise ReconDecError(where(path, layer.name) + f"unsupported layer type {t!r} (supported: "
-                                + ", ".join(sorted(ENCODER_TYPES | INPUT_TYPES)) + ")")
+                                + ", ".join(sorted(set(types) | INPUT_TYPES)) + ")")
         if head:
             raise ReconDecError(where(path, layer.name) + f"{t} layer after the classifier head")
         if current is None:
@@ -265,10 +265,12 @@ def validate(net, path):
     return layers
 
 
-def analyse(net, path, input_shape=None):
+def analyse(net, path, input_shape=None, types=ENCODER_TYPES, require_conv=True):
     """``Encoder`` of a validated NetParameter. ``input_shape`` (N,C,H,W)
-    overrides the deploy file's input (smaller tests, other crops)."""
-    layers = validate(net, path)
+    overrides the deploy file's input (smaller tests, other crops).
+    ``types``: the layer types accepted; ``require_conv``: refuse a net
+    without convolutions (an MLP has no macro-layers, only the fc block)."""
+    layers = validate(net, path, types)
     shape4 = tuple(input_shape) if input_shape else input_shape_of(net, path)
     shape = tuple(shape4[1:])
     enc_layers = []
@@ -305,12 +307,12 @@ def analyse(net, path, input_shape=None):
         last = current.layers[-1]
         current.output_blob, current.out_shape = last.top, last.out_shape
         enc.macros.append(current)
-    if not enc.macros:
+    if not enc.macros and require_conv:
         raise ReconDecError(f"{path}: no convolution; nothing to mirror")
-    if enc.fc and len(enc.fc_layers) and enc.macros[-1].out_shape and len(enc.macros[-1].out_shape) != 3:
+    if enc.macros and enc.fc_layers and len(enc.macros[-1].out_shape) != 3:
         raise ReconDecError(f"{path}: the fc block must follow a convolutional feature map")
     return enc
 
 
-def load_encoder(path, input_shape=None):
-    return analyse(protos.load_net(path), path, input_shape)
+def load_encoder(path, input_shape=None, types=ENCODER_TYPES, require_conv=True):
+    return analyse(protos.load_net(path), path, input_shape, types, require_conv)

@@ -5,6 +5,7 @@ these into files, solvers and plan.json."""
 from dataclasses import dataclass, field
 
 from ..graph import builder, data_layers
+from ..graph.encoder import ENCODER_TYPES
 from ..graph.solver import stage_settings
 
 
@@ -77,12 +78,16 @@ class Method:
     ``variants``: the names ``--variant`` accepts ("all" expands to them).
     ``stage_defaults``: {stage key: solver settings}; the keys are what the
     per-stage options (``--base-lr KEY=VALUE``) accept.
-    ``provenance``: a Markdown table saying where each default comes from."""
+    ``provenance``: a Markdown table saying where each default comes from.
+    ``encoder_types``, ``needs_convolution``: what the encoder analysis accepts."""
     name = ""
     help = ""
     variants = ()
     stage_defaults = {}
     provenance = ""
+    encoder_types = ENCODER_TYPES   # layer types the method can take in the deploy
+    needs_convolution = True        # False: MLPs too
+    data_defaults = {}              # DataSpec fields the method sets when the user does not, e.g. scale
 
     def add_arguments(self, group):
         """Adds the method's own command-line flags to an argparse group.

@@ -5,6 +5,7 @@ the last stage's train_val, a deploy net and ``plan.json``; and a README.
 Everything is built and validated in memory first; files are written only
 when all of it succeeded (atomically, one by one). Nothing here knows a
 particular method: ``recon_dec.methods`` supplies the nets."""
+import dataclasses
 import os
 import shutil
 import sys
@@ -46,6 +47,9 @@ def variant_files(ctx, variant, method):
     files, stages = {}, []
     for st in variant.stages:
         net_rel = os.path.join(st.dir, "train_val.prototxt")
+        if net_rel in files:
+            raise ReconDecError(f"method {method.name}: stages of {variant.name} share the directory "
+                                f"'{st.dir}' (give each stage its own Stage.dir)")
         prefix = st.snapshot_prefix or f"snapshots/{st.id}"
         files[net_rel] = str(st.net)
         test_iter = opts.test_iter if ctx.has_test else None
@@ -78,7 +82,10 @@ def build_all(net_path, method, variants, opts, method_options):
         if opts.input_size:
             h = w = opts.input_size
         shape = (opts.deploy_batch or n, c, h, w)
-    enc = load_encoder(net_path, shape)
+    enc = load_encoder(net_path, shape, method.encoder_types, method.needs_convolution)
+    defaults = {k: v for k, v in method.data_defaults.items() if getattr(opts.data, k) is None}
+    if defaults:
+        opts = dataclasses.replace(opts, data=dataclasses.replace(opts.data, **defaults))
     ctx = methods.Context(enc, opts, method_options, os.path.abspath(opts.weights) if opts.weights else None,
                           method)
     built = method.build(ctx, variants)
@@ -280,7 +287,8 @@ def register(subparsers):
     p.add_argument("--root-folder", default="", help="imagelist: folder the list's paths are relative to")
     p.add_argument("--resize", type=int, default=0, help="imagelist: resize images to NxN before cropping (0: keep)")
     p.add_argument("--mean", help="mean values B,G,R (or one value for grayscale); default VGG's for 3 channels")
-    p.add_argument("--scale", type=float, default=1.0, help="transform_param scale applied after mean subtraction")
+    p.add_argument("--scale", type=float,
+                   help="transform_param scale applied after mean subtraction (default 1, or the method's)")
     p.add_argument("--crop", type=int, help="crop size (default: the input size)")
     p.add_argument("--no-mirror", action="store_true", help="no random mirroring in TRAIN")
     p.add_argument("--input-size", type=int, help="override the input height = width of the deploy file")
