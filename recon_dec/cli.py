@@ -17,6 +17,7 @@ COMMANDS = [
     "runners.evaluate",
     "experiments.report",
     "experiments.demo",
+    "experiments.semi",
 ]
 
 

@@ -30,7 +30,7 @@ def layers_by_name(path):
     return {l.name: l for l in read_net(path).layer}
 
 
-def as_input_net(path, channels, batch=1, out=None):
+def as_input_net(path, channels, batch=1, out=None, size=None):
     """The TRAIN view of a generated net with its data layer replaced by
     Input layers for data and label; force_backward so every layer gets a
     gradient. Returns the path of the rewritten prototxt."""
@@ -45,7 +45,7 @@ def as_input_net(path, channels, batch=1, out=None):
             d = res.layer.add()
             d.name, d.type = "data", "Input"
             d.top.extend(["data", "label"])
-            crop = l.transform_param.crop_size
+            crop = l.transform_param.crop_size or size
             d.input_param.shape.add().dim.extend([batch, channels, crop, crop])
             d.input_param.shape.add().dim.extend([batch])
             continue

@@ -32,8 +32,8 @@ class DataSpec:
     threads: int = 4                 # scale-jitter: decoding threads per batch
     mean: tuple = None               # per-channel; default ImageNet's for 3 channels, none otherwise
     scale: float = None              # None: the method's default, else 1
-    crop: int = None                 # default: the net's input size
-    mirror: bool = True
+    crop: int = None                 # None: the net's input size; 0: no crop_size
+    mirror: bool = None              # random mirroring in TRAIN; None: the method's default, else True
     test_batch: int = 10
     extra: dict = field(default_factory=dict)
 
@@ -58,11 +58,11 @@ def data_layers(spec, input_shape, batch, phases=None):
         raise ReconDecError(f"--data: {spec.kind!r} is not one of {', '.join(KINDS)}")
     sources = spec.sources()
     batches = {"TRAIN": batch, "TEST": spec.test_batch}
-    crop = spec.crop or h
+    crop = h if spec.crop is None else spec.crop
     out = []
     for phase in phases or spec.phases():
         train = phase == "TRAIN"
-        mirror = bool(spec.mirror) and train
+        mirror = spec.mirror is not False and train
         l = L.layer("data", {"lmdb": "Data", "imagelist": "ImageData",
                              "scale-jitter": "ScaleJitterData"}[spec.kind], [], ["data", "label"])
         L.phase_only(l, phase)

@@ -249,7 +249,8 @@ def options_from_args(a, method):
     data = D.DataSpec(kind=a.data, train_source=a.train_source, val_source=a.val_source,
                       root_folder=a.root_folder, resize=a.resize, scale_range=_scale_range(a.scale_range),
                       test_size=a.test_size, square_size=a.square_size, threads=a.threads, mean=mean,
-                      scale=a.scale, crop=a.crop, mirror=not a.no_mirror, test_batch=a.test_batch)
+                      scale=a.scale, crop=a.crop, mirror=False if a.no_mirror else None,
+                      test_batch=a.test_batch)
     return Options(weights=a.weights, data=data, input_size=a.input_size, deploy_batch=a.deploy_batch,
                    test_iter=a.test_iter, test_interval=a.test_interval, solver_mode=a.solver_mode,
                    stage=stage, draw=a.draw)
@@ -289,7 +290,7 @@ def register(subparsers):
     p.add_argument("--mean", help="mean values B,G,R (or one value for grayscale); default VGG's for 3 channels")
     p.add_argument("--scale", type=float,
                    help="transform_param scale applied after mean subtraction (default 1, or the method's)")
-    p.add_argument("--crop", type=int, help="crop size (default: the input size)")
+    p.add_argument("--crop", type=int, help="crop size (default: the input size; 0: no cropping)")
     p.add_argument("--no-mirror", action="store_true", help="no random mirroring in TRAIN")
     p.add_argument("--input-size", type=int, help="override the input height = width of the deploy file")
     p.add_argument("--deploy-batch", type=int, help="batch of the generated deploy nets (default the source's)")

@@ -1,0 +1,181 @@
+"""`recon-dec generate --method autoencoder`: tied weights are one blob
+updated by both uses, the stacked plan freezes and initialises exactly what
+it says, denoising and sparsity are wired as the lecture defines them,
+conv encoders mirror, and bad requests are one-line errors."""
+import json
+import os
+import pathlib
+
+import numpy as np
+import pytest
+
+from generate_helpers import SMALL, as_input_net, read_net
+from recon_dec import cli
+from recon_dec.data import mnist
+from recon_dec.data import store as data
+from recon_dec.runners import train
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+MNIST_AE = str(REPO / "models" / "mnist_autoencoder" / "deploy.prototxt")
+TINY_MLP = """name: "tiny-mlp"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 1 dim: 8 dim: 8 } } }
+layer { name: "h1" type: "InnerProduct" bottom: "data" top: "h1" inner_product_param { num_output: 12 } }
+layer { name: "s1" type: "Sigmoid" bottom: "h1" top: "h1" }
+layer { name: "h2" type: "InnerProduct" bottom: "h1" top: "h2" inner_product_param { num_output: 6 } }
+layer { name: "s2" type: "Sigmoid" bottom: "h2" top: "h2" }
+layer { name: "out" type: "InnerProduct" bottom: "h2" top: "out" inner_product_param { num_output: 10 } }
+"""
+
+
+def _generate(tmp_path, net, *args, out="out"):
+    rc = cli.main(["generate", "--method", "autoencoder", "--net", str(net), "--out", str(tmp_path / out),
+                   "--solver-mode", "CPU", *args])
+    return rc, tmp_path / out
+
+
+@pytest.fixture(scope="module")
+def tiny_net(tmp_path_factory):
+    p = tmp_path_factory.mktemp("net") / "mlp.prototxt"
+    p.write_text(TINY_MLP)
+    return p
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    """8x8 MNIST digits (downscaled), 200 train / 100 val, as LMDBs."""
+    import cv2
+    images, labels = mnist.load_mnist_5k()
+    small = np.stack([cv2.resize(im, (8, 8), interpolation=cv2.INTER_AREA) for im in images[:300]])
+    d = tmp_path_factory.mktemp("digits")
+    data.build_lmdb([(small[i], int(labels[i])) for i in range(200)], d / "train", progress=False)
+    data.build_lmdb([(small[i], int(labels[i])) for i in range(200, 300)], d / "val", progress=False)
+    return str(d / "train"), str(d / "val")
+
+
+def _randomise(net, rng, scale=0.3):
+    for blobs in net.params.values():
+        for b in blobs:
+            b.data[...] = rng.standard_normal(b.data.shape) * scale
+
+
+def test_tied_weights_are_one_blob_with_both_gradients(tmp_path, tiny_net, caffe):
+    rc, out = _generate(tmp_path, tiny_net, "--variant", "ae")
+    assert rc == 0
+    rc, out_u = _generate(tmp_path, tiny_net, "--variant", "ae", "--untied", out="untied")
+    assert rc == 0
+    proto = {l.name: l for l in read_net(out / "ae" / "pretrain" / "train_val.prototxt").layer}
+    assert proto["dec:h1"].inner_product_param.transpose and proto["dec:h1"].param[0].name == "h1#0"
+    assert proto["h1"].param[0].name == "h1#0" and not proto["dec:h1"].param[1].name  # biases separate
+    tied = caffe.Net(as_input_net(out / "ae" / "pretrain" / "train_val.prototxt", 1, batch=4, size=8), caffe.TRAIN)
+    untied = caffe.Net(as_input_net(out_u / "ae" / "pretrain" / "train_val.prototxt", 1, batch=4, size=8), caffe.TRAIN)
+    rng = np.random.default_rng(0)
+    _randomise(tied, rng)
+    # one blob: writing the encoder's weight changes the decoder's
+    tied.params["h1"][0].data[0, 0] = 0.5
+    assert tied.params["dec:h1"][0].data[0, 0] == 0.5
+    # the same function untied: decoder weights = the transposes, biases equal
+    for name in tied.params:
+        if name.startswith("dec:"):
+            untied.params[name][0].data[...] = tied.params[name[4:]][0].data.T
+            untied.params[name][1].data[...] = tied.params[name][1].data
+        else:
+            for a, b in zip(tied.params[name], untied.params[name]):
+                b.data[...] = a.data
+    x = rng.uniform(0, 1, tied.blobs["data"].data.shape)
+    for net in (tied, untied):
+        net.blobs["data"].data[...] = x
+        net.forward()
+        net.backward()
+    np.testing.assert_allclose(tied.blobs["dec:loss@data"].data, untied.blobs["dec:loss@data"].data, rtol=1e-5)
+    for name in ("h1", "h2"):  # the tied gradient is the sum of the encoder's and the decoder's
+        want = untied.params[name][0].diff + untied.params["dec:" + name][0].diff.T
+        np.testing.assert_allclose(tied.params[name][0].diff, want, rtol=1e-4, atol=1e-7)
+        assert np.abs(untied.params["dec:" + name][0].diff).max() > 1e-4  # both uses contribute
+
+
+def test_stacked_plan_freezes_and_initialises_what_it_names(tmp_path, digits, caffe):
+    rc, out = _generate(tmp_path, MNIST_AE, "--variant", "stacked", "--untied", "--noise", "masking", "--train-source", digits[0],
+                        "--val-source", digits[1], "--input-size", "8", "--max-iter", "8",
+                        "--base-lr", "unroll=0", "--random-seed", "5", "--test-iter", "1")
+    assert rc == 0
+    plan = json.loads((out / "stacked" / "plan.json").read_text())
+    assert [s["id"] for s in plan["stages"]] == ["layer1", "layer2", "layer3", "layer4", "unroll", "finetune"]
+    layer2 = {l.name: l for l in read_net(out / "stacked" / "layer2" / "train_val.prototxt").layer}
+    assert [p.lr_mult for p in layer2["encode1"].param] == [0, 0] and layer2["encode2"].param[0].lr_mult == 1
+    assert layer2["encode1/noise"].type == "MaskingNoise"   # noise on what layer 2 reads ...
+    assert layer2["encode2"].bottom[0] == "encode1/noise"
+    assert list(layer2["dec:loss@encode1"].bottom) == ["dec:encode1", "encode1"]  # ... the clean target
+    assert layer2["dec:loss@encode1"].type == "SigmoidCrossEntropyLoss"
+    assert "dec:encode1" not in {l.name for l in read_net(out / "stacked" / "layer2" / "train_val.prototxt").layer
+                                 if l.type == "InnerProduct"}
+
+    outs = train.run_all(str(out / "stacked" / "plan.json"), progress=False)
+    deploy = str(out / "stacked" / "deploy.prototxt")
+    nets = {s["id"]: caffe.Net(deploy, o, caffe.TEST) for s, o in zip(plan["stages"], outs)}
+    same = np.testing.assert_array_equal
+    same(nets["layer2"].params["encode1"][0].data, nets["layer1"].params["encode1"][0].data)  # frozen
+    same(nets["layer4"].params["encode3"][0].data, nets["layer3"].params["encode3"][0].data)
+    same(nets["layer3"].params["encode2"][0].data, nets["layer2"].params["encode2"][0].data)
+    # unroll (base_lr 0): the encoder from layer4, each decoder from its own greedy stage
+    for k in range(1, 5):
+        same(nets["unroll"].params[f"dec:encode{k}"][0].data, nets[f"layer{k}"].params[f"dec:encode{k}"][0].data)
+        same(nets["unroll"].params[f"encode{k}"][0].data, nets["layer4"].params[f"encode{k}"][0].data)
+    # finetune starts from the unrolled encoder only (the file also holds the
+    # decoder): a per-stage init caffemodel with exactly those layers
+    log = open(out / "stacked" / "logs" / "finetune.log").read()
+    assert "-weights " + str(out / "stacked" / "init" / "finetune.caffemodel") in log
+
+
+def test_sparse_denoising_and_conv_encoders(tmp_path, tiny_net, caffe):
+    rc, out = _generate(tmp_path, tiny_net, "--variant", "ae", "--code-layer", "h2", "--sparsity", "0.1",
+                        "--sparsity-weight", "0.5", "--noise", "gaussian", "--noise-level", "0.2", "--code-width", "9")
+    assert rc == 0
+    layers = {l.name: l for l in read_net(out / "ae" / "pretrain" / "train_val.prototxt").layer}
+    kl = layers["dec:loss@sparsity"]
+    assert kl.type == "KLSparsityLoss" and list(kl.bottom) == ["h2"] and kl.loss_weight[0] == 0.5
+    assert kl.kl_sparsity_param.rho == pytest.approx(0.1)
+    assert layers["data/noise"].type == "GaussianNoise" and layers["h1"].bottom[0] == "data/noise"
+    assert layers["data/noise"].gaussian_noise_param.std == pytest.approx(0.2)
+    assert layers["h2"].inner_product_param.num_output == 9  # the code width
+    assert list(layers["dec:loss@data"].bottom) == ["dec:data", "data"]
+    # a conv encoder with ReLUs and max pools (the demo's small VGG): the
+    # decoder unpools with known switches and reconstructs the input's shape
+    rc, out = _generate(tmp_path, SMALL, "--variant", "ae", "--loss", "mse", out="conv")
+    assert rc == 0
+    net = caffe.Net(as_input_net(out / "ae" / "pretrain" / "train_val.prototxt", 1, batch=2, size=32), caffe.TRAIN)
+    _randomise(net, np.random.default_rng(1), 0.05)
+    net.blobs["data"].data[...] = np.random.default_rng(2).uniform(0, 1, net.blobs["data"].data.shape)
+    net.forward()
+    net.backward()
+    assert net.blobs["dec:data"].data.shape == net.blobs["data"].data.shape == (2, 1, 32, 32)
+    assert np.isfinite(float(net.blobs["dec:loss@data"].data))
+    kinds = {l.type for l in read_net(out / "ae" / "pretrain" / "train_val.prototxt").layer}
+    assert {"Unpooling", "Deconvolution", "EuclideanLoss"} <= kinds
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--variant", "ae", "--sparsity", "0.05", "--code-layer", "out"], "needs a sigmoid code layer"),
+    (["--variant", "ae", "--code-layer", "nope"], "layer 'nope': --code-layer"),
+    (["--variant", "context", "--patch-size", "9"], "--patch-size 9 is larger than the 8x8 input"),
+    (["--variant", "ae", "--noise", "masking", "--noise-level", "1.5"], "--noise-level: masking probability"),
+    (["--variant", "ae", "--step2-lr", "1=1e-3"], "--step2-lr is an option of --method swwae"),
+])
+def test_bad_requests_are_one_line_errors(tmp_path, tiny_net, capsys, args, message):
+    rc, out = _generate(tmp_path, tiny_net, *args)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and message in err and len(err.splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_grouped_conv_cannot_be_tied(tmp_path, capsys):
+    net = tmp_path / "g.prototxt"
+    net.write_text(TINY_MLP.replace('dim: 8 dim: 8 } } }', 'dim: 8 dim: 8 } } }\nlayer { name: "c" type: "Convolution" '
+                                    'bottom: "data" top: "c" convolution_param { num_output: 4 kernel_size: 3 group: 1 } }')
+                   .replace('name: "c" type: "Convolution" bottom: "data" top: "c" convolution_param '
+                            '{ num_output: 4 kernel_size: 3 group: 1 }', 'name: "c" type: "Convolution" bottom: '
+                            '"data" top: "c" convolution_param { num_output: 4 kernel_size: 3 group: 2 }')
+                   .replace('dim: 1 dim: 8', 'dim: 2 dim: 8').replace('bottom: "data" top: "h1"', 'bottom: "c" top: "h1"'))
+    rc, out = _generate(tmp_path, net, "--variant", "ae")
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and f"{net}: layer 'c': cannot mirror a dilated or grouped convolution" in err
+    assert not os.path.exists(out)
