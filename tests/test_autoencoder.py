@@ -179,3 +179,22 @@ def test_grouped_conv_cannot_be_tied(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and f"{net}: layer 'c': cannot mirror a dilated or grouped convolution" in err
     assert not os.path.exists(out)
+
+
+def test_context_encoder_reconstructs_only_the_patch(tmp_path, tiny_net, caffe):
+    rc, out = _generate(tmp_path, tiny_net, "--variant", "context", "--patch-size", "4", "--patch-mode", "CENTER",
+                        "--loss", "mse")
+    assert rc == 0
+    path = as_input_net(out / "context" / "pretrain" / "train_val.prototxt", 1, batch=3, size=8)
+    net = caffe.Net(path, caffe.TRAIN)
+    rng = np.random.default_rng(3)
+    _randomise(net, rng)
+    x = rng.uniform(0, 1, net.blobs["data"].data.shape)
+    net.blobs["data"].data[...] = x
+    net.forward()
+    mask = np.zeros((3, 1, 8, 8))
+    mask[:, :, 2:6, 2:6] = 1
+    np.testing.assert_array_equal(net.blobs["data/patch-mask"].data, mask)
+    np.testing.assert_allclose(net.blobs["data/patch-removed"].data, x * (1 - mask), rtol=1e-6)  # the input
+    want = ((net.blobs["dec:data"].data - x) ** 2 * mask).sum() / 2 / 3   # Euclidean on the patch, per image
+    assert float(net.blobs["dec:loss@data"].data) == pytest.approx(want, rel=1e-5)
