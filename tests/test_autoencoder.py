@@ -13,6 +13,8 @@ from generate_helpers import SMALL, as_input_net, read_net
 from recon_dec import cli
 from recon_dec.data import mnist
 from recon_dec.data import store as data
+from recon_dec.caffe_io import protos
+from recon_dec.runners import plan as plans
 from recon_dec.runners import train
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -96,7 +98,7 @@ def test_tied_weights_are_one_blob_with_both_gradients(tmp_path, tiny_net, caffe
 def test_stacked_plan_freezes_and_initialises_what_it_names(tmp_path, digits, caffe):
     rc, out = _generate(tmp_path, MNIST_AE, "--variant", "stacked", "--untied", "--noise", "masking", "--train-source", digits[0],
                         "--val-source", digits[1], "--input-size", "8", "--max-iter", "8",
-                        "--base-lr", "unroll=0", "--random-seed", "5", "--test-iter", "1")
+                        "--random-seed", "5", "--test-iter", "1")
     assert rc == 0
     plan = json.loads((out / "stacked" / "plan.json").read_text())
     assert [s["id"] for s in plan["stages"]] == ["layer1", "layer2", "layer3", "layer4", "unroll", "finetune"]
@@ -109,17 +111,27 @@ def test_stacked_plan_freezes_and_initialises_what_it_names(tmp_path, digits, ca
     assert "dec:encode1" not in {l.name for l in read_net(out / "stacked" / "layer2" / "train_val.prototxt").layer
                                  if l.type == "InnerProduct"}
 
-    outs = train.run_all(str(out / "stacked" / "plan.json"), progress=False)
+    plan_path = str(out / "stacked" / "plan.json")
+    outs = [train.run_stage(plan_path, f"layer{k}", progress=False) for k in range(1, 5)]
     deploy = str(out / "stacked" / "deploy.prototxt")
-    nets = {s["id"]: caffe.Net(deploy, o, caffe.TEST) for s, o in zip(plan["stages"], outs)}
+    nets = {f"layer{k}": caffe.Net(deploy, o, caffe.TEST) for k, o in zip(range(1, 5), outs)}
     same = np.testing.assert_array_equal
     same(nets["layer2"].params["encode1"][0].data, nets["layer1"].params["encode1"][0].data)  # frozen
     same(nets["layer4"].params["encode3"][0].data, nets["layer3"].params["encode3"][0].data)
     same(nets["layer3"].params["encode2"][0].data, nets["layer2"].params["encode2"][0].data)
-    # unroll (base_lr 0): the encoder from layer4, each decoder from its own greedy stage
+    # unroll's init: the encoder from layer4, each decoder from its own greedy stage, nothing else
+    p = plans.load(plan_path)
+    st = plans.stage(p, "unroll")
+    init, origin = plans.init_weights(p, st, read_net(out / "stacked" / "unroll" / "train_val.prototxt"))
+    held = {l.name: l for l in protos.read_caffemodel(init).layer}
+    assert set(held) == {f"encode{k}" for k in range(1, 5)} | {f"dec:encode{k}" for k in range(1, 5)}
     for k in range(1, 5):
-        same(nets["unroll"].params[f"dec:encode{k}"][0].data, nets[f"layer{k}"].params[f"dec:encode{k}"][0].data)
-        same(nets["unroll"].params[f"encode{k}"][0].data, nets["layer4"].params[f"encode{k}"][0].data)
+        same(np.array(held[f"dec:encode{k}"].blobs[0].data).reshape(nets[f"layer{k}"].params[f"dec:encode{k}"][0].data.shape),
+             nets[f"layer{k}"].params[f"dec:encode{k}"][0].data)
+        same(np.array(held[f"encode{k}"].blobs[0].data).reshape(nets["layer4"].params[f"encode{k}"][0].data.shape),
+             nets["layer4"].params[f"encode{k}"][0].data)
+    os.unlink(init)
+    train.run_all(plan_path, progress=False)
     # finetune starts from the unrolled encoder only (the file also holds the
     # decoder): a per-stage init caffemodel with exactly those layers
     log = open(out / "stacked" / "logs" / "finetune.log").read()

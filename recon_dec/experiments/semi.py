@@ -19,7 +19,7 @@ from .. import atomic
 from ..caffe_io import logs
 from ..data import datasets
 from ..errors import ReconDecError
-from ..runners import plan as plans, train
+from ..runners import generate, plan as plans, train
 
 DEPLOY = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                       "models", "mnist_autoencoder", "deploy.prototxt")
@@ -41,19 +41,17 @@ def log(msg):
 
 
 def _generate(out, variant, flags, split, labeled, seed, pretrain_iters, finetune_iters, net):
-    from .. import cli
     test = split.info["counts"]["test"]
     if test % TEST_BATCH:
         raise ReconDecError(f"{split.test}: {test} test images are not a multiple of the test batch {TEST_BATCH}")
-    args = ["generate", "--method", "autoencoder", "--net", net, "--variant", variant, "--out", out,
+    args = ["--method", "autoencoder", "--net", net, "--variant", variant, "--out", out,
             "--train-source", split.unlabeled, "--val-source", split.test, "--labeled-source", labeled,
             "--test-batch", str(TEST_BATCH), "--test-iter", str(test // TEST_BATCH),
             "--test-interval", str(finetune_iters), "--solver-mode", "CPU", "--random-seed", str(seed),
             "--max-iter", f"pretrain={pretrain_iters}", "--max-iter", f"unroll={pretrain_iters}",
             "--max-iter", f"layer={max(1, pretrain_iters // 2)}", "--max-iter", f"finetune={finetune_iters}",
             "--lr-policy", "fixed", *flags]
-    if cli.main(args) != 0:
-        raise ReconDecError(f"{out}: generate failed for {variant} {' '.join(flags)}")
+    generate.main(args)
     return os.path.join(out, variant, "plan.json")
 
 
@@ -142,7 +140,98 @@ def _cmd(a):
     md = (f"{a.dataset}: test error (%) of the classifier finetuned on N labels, mean ± std over seeds "
           f"{a.seeds}; pretraining {a.pretrain_iters} and finetuning {a.finetune_iters} iterations of batch "
           f"100; {time.time() - t0:.0f} s in all.\n\n" + table(rows))
+    pngs, mse = figures(a.out, a.dataset, a.labels[0], seed=a.seeds[0])
+    md += ("\n\nTest reconstruction MSE (seed " + str(a.seeds[0]) + ", pixels in [0, 1]): "
+           + ", ".join(f"{k} {v:.4f}" for k, v in mse.items()) + "; figures: "
+           + ", ".join(os.path.basename(p) for p in pngs))
     atomic.write_text(os.path.join(a.out, "results.json"), json.dumps(rows, indent=1))
     atomic.write_text(os.path.join(a.out, "results.md"), md + "\n")
     print(md)
     return 0
+
+
+# --------------------------------------------------------------------------
+# figures (seed 0): reconstructions, first-layer filters, inpainting
+def _deploy_and_weights(out, seed, name, labels):
+    variant = VARIANTS[name][0]
+    p = plans.load(os.path.join(out, "runs", f"seed{seed}", name, f"labels{labels}", variant, "plan.json"))
+    pre = "pretrain" if any(s["id"] == "pretrain" for s in p["stages"]) else "unroll"
+    return os.path.join(p["_dir"], "deploy.prototxt"), plans.stage_output(p, pre)
+
+
+def _decode(deploy, weights, images):
+    import caffe
+    caffe.set_mode_cpu()
+    net = caffe.Net(deploy, caffe.TEST, weights=weights)
+    net.blobs["data"].reshape(len(images), 1, *images.shape[1:])
+    net.blobs["data"].data[:, 0] = images.astype(np.float32) / 255.0
+    net.forward()
+    return net, np.clip(net.blobs["dec:data/out"].data[:, 0], 0, 1)
+
+
+def figures(out, dataset, labels, seed=0, n=10):
+    """reconstructions.png (test images; plain, denoising, stacked),
+    filters.png (first-layer weights of the plain autoencoder) and
+    inpainting.png (the context encoder filling the centre patch)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    ds = datasets.load(dataset)
+    images = ds.test_images[[int(np.flatnonzero(ds.test_labels == c)[0]) for c in range(ds.num_classes)][:n]]
+    written, mse = [], {}
+    rows = [("input", images / 255.0)]
+    for name in ("plain", "denoising", "stacked"):
+        try:
+            deploy, weights = _deploy_and_weights(out, seed, name, labels)
+        except ReconDecError:
+            continue
+        _, rec = _decode(deploy, weights, images)
+        mse[name] = float(np.mean((rec - images / 255.0) ** 2))
+        rows.append((name, rec))
+    fig, axes = plt.subplots(len(rows), n, figsize=(n * 0.9, len(rows) * 1.0))
+    for i, (title, imgs) in enumerate(rows):
+        for j in range(n):
+            axes[i, j].imshow(imgs[j], cmap="gray", vmin=0, vmax=1)
+            axes[i, j].axis("off")
+        axes[i, 0].set_title(title, fontsize=7, loc="left")
+    written.append(_save(fig, os.path.join(out, "reconstructions.png")))
+    deploy, weights = _deploy_and_weights(out, seed, "plain", labels)
+    net, _ = _decode(deploy, weights, images)
+    w = net.params["encode1"][0].data[:64].reshape(64, *images.shape[1:])
+    fig, axes = plt.subplots(8, 8, figsize=(6, 6))
+    for k, ax in enumerate(axes.flat):
+        ax.imshow(w[k], cmap="gray")
+        ax.axis("off")
+    written.append(_save(fig, os.path.join(out, "filters.png")))
+    try:
+        deploy, weights = _deploy_and_weights(out, seed, "context", labels)
+    except ReconDecError:
+        return written, mse
+    h, w_ = images.shape[1:]
+    s = h // 2
+    top, left = (h - s) // 2, (w_ - s) // 2
+    holed = images.copy()
+    holed[:, top:top + s, left:left + s] = 0
+    _, rec = _decode(deploy, weights, holed)
+    filled = holed / 255.0
+    filled[:, top:top + s, left:left + s] = rec[:, top:top + s, left:left + s]
+    mse["context (patch)"] = float(np.mean((rec[:, top:top + s, left:left + s]
+                                            - images[:, top:top + s, left:left + s] / 255.0) ** 2))
+    fig, axes = plt.subplots(3, n, figsize=(n * 0.9, 3.0))
+    for i, (title, imgs) in enumerate((("input", images / 255.0), ("patch removed", holed / 255.0),
+                                       ("inpainted", filled))):
+        for j in range(n):
+            axes[i, j].imshow(imgs[j], cmap="gray", vmin=0, vmax=1)
+            axes[i, j].axis("off")
+        axes[i, 0].set_title(title, fontsize=7, loc="left")
+    written.append(_save(fig, os.path.join(out, "inpainting.png")))
+    return written, mse
+
+
+def _save(fig, path):
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+    return path

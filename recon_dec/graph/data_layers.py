@@ -23,6 +23,7 @@ class DataSpec:
     """What the data layers read and how they transform it."""
     kind: str = "lmdb"
     train_source: str = None
+    labeled_source: str = None       # methods with a labeled and an unlabeled stream (train_source)
     val_source: str = None
     root_folder: str = ""            # imagelist: prefix of the list's paths
     resize: int = 0                  # imagelist: resize to resize x resize first

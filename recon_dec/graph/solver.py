@@ -8,6 +8,8 @@ DISPLAY = 20
 # Keys of a stage's solver settings (a method gives every one a default)
 SETTINGS = ("batch", "iter_size", "base_lr", "lr_policy", "gamma", "stepsize", "max_iter",
             "weight_decay", "snapshot", "momentum", "random_seed")
+# optional: the solver type (default SGD) and Adam's second moment and delta
+SOLVER_TYPES = ("SGD", "Adam")
 
 
 def _g(x):
@@ -30,6 +32,13 @@ def solver_message(net, settings, snapshot_prefix, test_iter=None, test_interval
     if policy == "inv":
         s.power = 0.75
     s.momentum = _g(settings["momentum"])
+    kind = settings.get("type", "SGD")
+    if kind not in SOLVER_TYPES:
+        raise ReconDecError(f"solver type {kind!r} is not one of {', '.join(SOLVER_TYPES)}")
+    if kind != "SGD":
+        s.type = kind
+        s.momentum2 = _g(settings.get("momentum2", 0.999))
+        s.delta = _g(settings.get("delta", 1e-8))
     s.weight_decay = _g(settings["weight_decay"])
     s.iter_size = int(settings["iter_size"])
     max_iter = int(settings["max_iter"])

@@ -81,7 +81,6 @@ class Options:
     sparsity_weight: float = 0.1        # beta
     code_layer: str = None              # default: the last param layer before the output layer
     code_width: int = None              # override the code layer's num_output
-    labeled_source: str = None          # LMDB of the labeled images (finetuning)
     patch_size: int = None              # context encoder; default half the input side
     patch_mode: str = "RANDOM"
 
@@ -243,7 +242,6 @@ class Autoencoder(Method):
         g.add_argument("--sparsity-weight", type=float, help="BETA, the KL penalty's weight (default 0.1)")
         g.add_argument("--code-layer", help="the code layer (default the last conv/fc before the output layer)")
         g.add_argument("--code-width", type=int, help="num_output of the code layer (under/over-complete codes)")
-        g.add_argument("--labeled-source", help="LMDB of the labeled images for finetuning (default --train-source)")
         g.add_argument("--patch-size", type=int, help="context encoder: side of the removed patch (default half)")
         g.add_argument("--patch-mode", choices=["RANDOM", "CENTER"], help="context encoder: patch position in TRAIN")
 
@@ -253,7 +251,7 @@ class Autoencoder(Method):
         return check_options(Options(
             tied=not args.untied, loss=args.loss or "ce", noise=args.noise or "none", noise_level=args.noise_level,
             sparsity=args.sparsity, sparsity_weight=0.1 if args.sparsity_weight is None else args.sparsity_weight,
-            code_layer=args.code_layer, code_width=args.code_width, labeled_source=args.labeled_source,
+            code_layer=args.code_layer, code_width=args.code_width,
             patch_size=args.patch_size, patch_mode=args.patch_mode or "RANDOM"))
 
     def prepare(self, enc, mo):
@@ -368,8 +366,8 @@ class Autoencoder(Method):
     def _finetune(self, ctx, mo, variant, init, requires):
         settings = ctx.settings("finetune")
         spec = ctx.options.data
-        if mo.labeled_source:
-            spec = dataclasses.replace(spec, train_source=mo.labeled_source)
+        if spec.labeled_source:
+            spec = dataclasses.replace(spec, train_source=spec.labeled_source)
         p = EncoderPass(ctx.enc, switches=False)
         _set_bias_mults(p.layers)
         layers = data_layers(spec, ctx.enc.input_shape, settings["batch"]) + p.layers + ctx.classifier_heads()

@@ -5,7 +5,7 @@ these into files, solvers and plan.json."""
 from dataclasses import dataclass, field
 
 from ..graph import builder, data_layers
-from ..graph.encoder import ENCODER_TYPES
+from ..graph.encoder import ENCODER_TYPES, load_encoder
 from ..graph.solver import stage_settings
 
 
@@ -88,6 +88,11 @@ class Method:
     encoder_types = ENCODER_TYPES   # layer types the method can take in the deploy
     needs_convolution = True        # False: MLPs too
     data_defaults = {}              # DataSpec fields the method sets when the user does not, e.g. scale
+
+    def analyse(self, path, input_shape=None):
+        """The encoder analysis of the deploy file (graph.encoder's chain of
+        macro-layers by default)."""
+        return load_encoder(path, input_shape, self.encoder_types, self.needs_convolution)
 
     def add_arguments(self, group):
         """Adds the method's own command-line flags to an argparse group.
