@@ -116,31 +116,105 @@ def table(rows):
     return "\n".join(lines)
 
 
+def run_inversion(dataset, net, labels, seeds, alphas, betas, iters, out, sup_labels=1000):
+    """Deep-network inversion: the (alpha, beta) grid on the first seed
+    (selected on its test error, as the paper reports its best cell), the
+    best cell on every seed, and the supervised control (alpha 1, beta 0)
+    on the same labels and on ``sup_labels`` labels."""
+    out = os.path.abspath(out)
+    rows = []
+
+    def one(seed, n, variant, alpha, beta, split, tag):
+        t0 = time.time()
+        d = os.path.join(out, "runs", f"seed{seed}", tag)
+        test = split.info["counts"]["test"]
+        generate.main(["--method", "inversion", "--net", net, "--variant", variant, "--out", d,
+                       "--train-source", split.unlabeled, "--labeled-source", split.labeled,
+                       "--val-source", split.test, "--alpha", str(alpha), "--beta", str(beta),
+                       "--labeled-batch", str(min(n, 50)), "--test-batch", str(TEST_BATCH),
+                       "--test-iter", str(test // TEST_BATCH), "--test-interval", str(iters),
+                       "--max-iter", str(iters), "--random-seed", str(seed), "--solver-mode", "CPU"])
+        plan = os.path.join(d, variant, "plan.json")
+        train.run_all(plan, progress=False)
+        p = plans.load(plan)
+        acc = logs.parse_log(plans.log_path(p, p["stages"][0]))["test"]["accuracy/top-1"][-1][1]
+        row = {"dataset": dataset, "net": os.path.basename(net), "seed": seed, "labels": n, "variant": variant,
+               "alpha": alpha, "beta": beta, "test_error": 100.0 * (1 - acc), "seconds": round(time.time() - t0, 1)}
+        rows.append(row)
+        log(f"{dataset} seed {seed} {tag}: test error {row['test_error']:.2f}% ({row['seconds']:.0f} s)")
+        return row
+
+    splits = {}
+    for seed in seeds:
+        splits[seed] = {n: datasets.write_semi_supervised(dataset, n, seed, os.path.join(out, "data", f"seed{seed}-{n}"))
+                        for n in (labels, sup_labels)}
+    first = seeds[0]
+    grid = [one(first, labels, "semi", a, b, splits[first][labels], f"a{a:g}-b{b:g}") for a in alphas for b in betas]
+    best = min(grid, key=lambda r: r["test_error"])
+    for seed in seeds:
+        if seed != first:
+            one(seed, labels, "semi", best["alpha"], best["beta"], splits[seed][labels], f"a{best['alpha']:g}-b{best['beta']:g}")
+        one(seed, labels, "supervised", 1.0, 0.0, splits[seed][labels], f"supervised-{labels}")
+        one(seed, sup_labels, "supervised", 1.0, 0.0, splits[seed][sup_labels], f"supervised-{sup_labels}")
+    return rows, best
+
+
+def inversion_table(rows, best, labels, sup_labels):
+    def cell(sel):
+        e = np.array([r["test_error"] for r in rows if sel(r)])
+        return f"{e.mean():.2f} ± {e.std():.2f} (n={len(e)})" if len(e) else "-"
+    semi = (lambda r: r["variant"] == "semi" and r["alpha"] == best["alpha"] and r["beta"] == best["beta"])
+    lines = ["| model | test error (%) |", "|---|---|",
+             f"| inversion, {labels} labels, best (alpha, beta) = ({best['alpha']:g}, {best['beta']:g}) | {cell(semi)} |",
+             f"| supervised only, {labels} labels | {cell(lambda r: r['variant'] == 'supervised' and r['labels'] == labels)} |",
+             f"| supervised only, {sup_labels} labels | "
+             f"{cell(lambda r: r['variant'] == 'supervised' and r['labels'] == sup_labels)} |", "",
+             "Grid (first seed): " + ", ".join(f"({r['alpha']:g}, {r['beta']:g}) {r['test_error']:.2f}"
+                                               for r in rows if r["variant"] == "semi" and r["seed"] == rows[0]["seed"])]
+    return "\n".join(lines)
+
+
 def register(subparsers):
-    p = subparsers.add_parser("semi", help="semi-supervised learning with the autoencoder family (pretrain, "
-                                           "finetune on N labels) against the supervised control",
+    p = subparsers.add_parser("semi", help="semi-supervised experiments: the autoencoder family or deep-network "
+                                           "inversion against the supervised control",
                               description=__doc__.split("\n\n")[0])
+    p.add_argument("--method", choices=["autoencoder", "inversion"], default="autoencoder")
     p.add_argument("--dataset", default="mnist5k", help="mnist5k (default), fashion-mnist or idx:...")
-    p.add_argument("--labels", type=int, nargs="+", default=[100, 1000])
+    p.add_argument("--labels", type=int, nargs="+", help="label counts (default 100 1000; inversion: 50)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--variants", nargs="+", default=["plain", "denoising", "sparse", "stacked", "supervised"],
-                   choices=list(VARIANTS))
+                   choices=list(VARIANTS), help="autoencoder variants")
     p.add_argument("--pretrain-iters", type=int, default=2000, help="iterations of batch 100 (default 2000)")
     p.add_argument("--finetune-iters", type=int, default=500, help="iterations of batch 100 (default 500)")
-    p.add_argument("--net", default=DEPLOY, help="the classifier (default models/mnist_autoencoder)")
+    p.add_argument("--alphas", type=float, nargs="+", default=[0.3, 0.4, 0.5, 0.6, 0.7], help="inversion grid")
+    p.add_argument("--betas", type=float, nargs="+", default=[0.2, 0.3, 0.5], help="inversion grid")
+    p.add_argument("--iters", type=int, default=1000, help="inversion: training iterations (default 1000)")
+    p.add_argument("--net", help="the classifier (default models/mnist_autoencoder; inversion: "
+                                 "models/inversion/smallcnn_max)")
     p.add_argument("--out", default="out/semi", help="output directory (default out/semi)")
     p.set_defaults(func=_cmd)
 
 
 def _cmd(a):
-    if a.pretrain_iters < 1 or a.finetune_iters < 1:
-        raise ReconDecError("--pretrain-iters and --finetune-iters must be positive")
+    if min(a.pretrain_iters, a.finetune_iters, a.iters) < 1:
+        raise ReconDecError("--pretrain-iters, --finetune-iters and --iters must be positive")
     t0 = time.time()
-    rows = run(a.dataset, a.labels, a.seeds, a.variants, a.out, a.pretrain_iters, a.finetune_iters, a.net)
+    if a.method == "inversion":
+        net = a.net or os.path.join(os.path.dirname(DEPLOY), "..", "inversion", "smallcnn_max.prototxt")
+        labels = (a.labels or [50])[0]
+        rows, best = run_inversion(a.dataset, os.path.abspath(net), labels, a.seeds, a.alphas, a.betas, a.iters, a.out)
+        md = (f"{a.dataset}, {os.path.basename(net)}: deep-network inversion, {a.iters} Adam iterations, seeds "
+              f"{a.seeds}; {time.time() - t0:.0f} s in all.\n\n" + inversion_table(rows, best, labels, 1000))
+        atomic.write_text(os.path.join(a.out, "results.json"), json.dumps(rows, indent=1))
+        atomic.write_text(os.path.join(a.out, "results.md"), md + "\n")
+        print(md)
+        return 0
+    labels = a.labels or [100, 1000]
+    rows = run(a.dataset, labels, a.seeds, a.variants, a.out, a.pretrain_iters, a.finetune_iters, a.net or DEPLOY)
     md = (f"{a.dataset}: test error (%) of the classifier finetuned on N labels, mean ± std over seeds "
           f"{a.seeds}; pretraining {a.pretrain_iters} and finetuning {a.finetune_iters} iterations of batch "
           f"100; {time.time() - t0:.0f} s in all.\n\n" + table(rows))
-    pngs, mse = figures(a.out, a.dataset, a.labels[0], seed=a.seeds[0])
+    pngs, mse = figures(a.out, a.dataset, labels[0], seed=a.seeds[0])
     md += ("\n\nTest reconstruction MSE (seed " + str(a.seeds[0]) + ", pixels in [0, 1]): "
            + ", ".join(f"{k} {v:.4f}" for k, v in mse.items()) + "; figures: "
            + ", ".join(os.path.basename(p) for p in pngs))
