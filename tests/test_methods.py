@@ -189,7 +189,7 @@ def test_init_layers_enforced(tmp_path):
 
 # --------------------------------------------------------------------------
 LAYERS = ["caffe_io", "data", "graph", "methods", "runners", "experiments"]  # data flows this way
-BASE = {"errors", "atomic"}                                                   # usable from anywhere
+BASE = {"errors", "atomic", "values"}                                         # usable from anywhere
 
 
 def _imports(path):

@@ -1,5 +1,7 @@
 """Patterns of Caffe's training log (glog lines of ``caffe train``) and a
 parser of its loss/accuracy outputs."""
+import math
+import os
 import re
 
 from ..errors import ReconDecError
@@ -16,10 +18,13 @@ SNAPSHOT = re.compile(r"Snapshotting solver state to binary proto file (\S+)")
 
 def parse_log(path):
     """-> {"train": {head: [(iter, value)]}, "test": {"#k/head": [...]}}"""
+    if os.path.isdir(path):
+        raise ReconDecError(f"{path}: a directory, not a caffe log")
     try:
-        lines = open(path, errors="replace").read().splitlines()
+        with open(path, errors="replace") as f:
+            lines = f.read().splitlines()
     except OSError as e:
-        raise ReconDecError(f"{path}: {e.strerror}")
+        raise ReconDecError(f"{path}: {e.strerror or e}") from None
     train, test = {}, {}
     it, test_it, net = None, None, 0
     for line in lines:
@@ -33,10 +38,17 @@ def parse_log(path):
             continue
         m = TRAIN_OUTPUT.search(line)
         if m and it is not None:
-            train.setdefault(m.group(1), []).append((it, float(m.group(2))))
+            train.setdefault(m.group(1), []).append((it, _number(m.group(2))))
             continue
         m = TEST_OUTPUT.search(line)
         if m and test_it is not None:
             key = m.group(1) if net == 0 else f"#{net}/{m.group(1)}"
-            test.setdefault(key, []).append((test_it, float(m.group(2))))
+            test.setdefault(key, []).append((test_it, _number(m.group(2))))
     return {"train": train, "test": test}
+
+
+def _number(text):
+    try:
+        return float(text)
+    except ValueError:  # "-nan(ind)", garbage: not a point of the curve
+        return math.nan

@@ -22,8 +22,9 @@ def merge_text(text, msg, path, what="net prototxt"):
     from google.protobuf import text_format
     try:
         text_format.Merge(text, msg)
-    except text_format.ParseError as e:
-        raise ReconDecError(f"{path}: not a valid {what} ({e})")
+    except (text_format.ParseError, ValueError, TypeError, RecursionError) as e:
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise ReconDecError(f"{path}: not a valid {what} ({reason})") from None
     return msg
 
 
@@ -32,12 +33,29 @@ def to_text(msg):
     return text_format.MessageToString(msg)
 
 
-def _read(path, what):
+def read_text_file(path, what):
+    """The text of ``path`` (UTF-8); one-line errors for a file that cannot
+    be read or is binary / in another encoding (a caffemodel passed as a
+    prototxt, a UTF-16 list)."""
     try:
-        with open(path) as f:
-            return f.read()
+        with open(path, "rb") as f:
+            data = f.read()
     except OSError as e:
-        raise ReconDecError(f"{path}: cannot read the {what} ({e.strerror})")
+        raise ReconDecError(f"{path}: cannot read the {what} ({e.strerror or e})") from None
+    except ValueError as e:  # e.g. an embedded NUL in the path
+        raise ReconDecError(f"{path!r}: cannot read the {what} ({e})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ReconDecError(f"{path}: the {what} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset "
+                            f"{e.start}; a binary file such as a caffemodel?)") from None
+    if "\0" in text:
+        raise ReconDecError(f"{path}: the {what} is not text (it holds NUL bytes; a binary file?)")
+    return text
+
+
+def _read(path, what):
+    return read_text_file(path, what)
 
 
 def read_text(path, msg, what):
@@ -56,6 +74,49 @@ def read_net(path):
 
 def read_solver(path):
     return read_text(path, pb2().SolverParameter(), "solver prototxt")
+
+
+def check_caffemodel_file(path):
+    """Cheap check that ``path`` starts like a serialised NetParameter (its
+    first field is one of NetParameter's, with the right wire type), without
+    reading a file of hundreds of MB. Returns ``path``."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as e:
+        raise ReconDecError(f"{path}: cannot read the caffemodel ({e.strerror or e})") from None
+    tag, shift, i = 0, 0, 0
+    while i < len(head) and i < 5:
+        tag |= (head[i] & 0x7F) << shift
+        shift += 7
+        i += 1
+        if not head[i - 1] & 0x80:
+            break
+    else:
+        tag = 0
+    field = pb2().NetParameter.DESCRIPTOR.fields_by_number.get(tag >> 3)
+    if field is None or (tag & 7) not in _wire_types(field):
+        raise ReconDecError(f"{path}: not a caffemodel (it does not start like a serialised Caffe net)")
+    return path
+
+
+def repeated(field):
+    """A repeated field? (protobuf >= 6 has ``is_repeated``; older ``label``.)"""
+    flag = getattr(field, "is_repeated", None)
+    return flag if flag is not None else field.label == field.LABEL_REPEATED
+
+
+def _wire_types(field):
+    """The protobuf wire types a field may be encoded with."""
+    from google.protobuf.descriptor import FieldDescriptor as F
+    if field.type in (F.TYPE_STRING, F.TYPE_BYTES, F.TYPE_MESSAGE):
+        return {2}
+    packed = {2} if repeated(field) else set()
+    if field.type in (F.TYPE_DOUBLE, F.TYPE_FIXED64, F.TYPE_SFIXED64):
+        return {1} | packed
+    if field.type in (F.TYPE_FLOAT, F.TYPE_FIXED32, F.TYPE_SFIXED32):
+        return {5} | packed
+    return {0} | packed
 
 
 def read_caffemodel(path):
@@ -91,11 +152,30 @@ def upgrade(path):
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "upgraded.prototxt")
         env = dict(os.environ, GLOG_minloglevel="2")
-        proc = subprocess.run([tool, path, out], capture_output=True, text=True, env=env)
+        proc = subprocess.run([tool, path, out], capture_output=True, text=True, errors="replace", env=env)
         if proc.returncode != 0 or not os.path.isfile(out):
-            last = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
-            raise ReconDecError(f"{path}: Caffe could not upgrade this legacy prototxt ({last})")
+            raise ReconDecError(f"{path}: Caffe could not upgrade this legacy prototxt "
+                                f"({fatal_reason(proc.stderr, proc.returncode)})")
         return _read(out, "upgraded prototxt")
+
+
+def fatal_reason(stderr, returncode):
+    """Why a Caffe process stopped, from its glog output: the text of its
+    F-line (a CHECK failure or LOG(FATAL)) without Caffe's source location,
+    else the signal or status (never a stack-frame line)."""
+    from .logs import FATAL
+    for line in stderr.splitlines():
+        m = FATAL.match(line.strip())
+        if m:
+            return " ".join(m.group(1).split())
+    if returncode is not None and returncode < 0:
+        import signal
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"Caffe crashed ({name})"
+    return f"Caffe exited with status {returncode}"
 
 
 def load_net(path):

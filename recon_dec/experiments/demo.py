@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .. import atomic
+from .. import atomic, values
 from ..caffe_io import protos
 from ..data import mnist
 from ..data import store as data
@@ -340,7 +340,7 @@ def register(subparsers):
         "demo", help="the paper's experiment in miniature on the embedded MNIST digits (CPU)",
         description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="out/demo", help="output directory (default: out/demo)")
-    p.add_argument("--seeds", type=int, default=1,
+    p.add_argument("--seeds", type=values.arg_int(1, 1000), default=1,
                    help="repeat the protocol with seeds 0..K-1; the table gives mean ± std (default 1)")
     p.add_argument("--quick", action="store_true",
                    help="a few iterations per stage, one seed: a smoke test (< 3 minutes)")
@@ -348,6 +348,5 @@ def register(subparsers):
 
 
 def _cmd(args):
-    if args.seeds < 1:
-        raise ReconDecError("--seeds must be at least 1")
+    values.check_out_dir(args.out)
     run_demo(args.out, seeds=1 if args.quick else args.seeds, quick=args.quick)

@@ -2,7 +2,7 @@
 log against the iteration (matplotlib, Agg)."""
 import os
 
-from .. import atomic
+from .. import atomic, values
 from ..caffe_io.logs import parse_log
 from ..errors import ReconDecError
 
@@ -49,4 +49,9 @@ def register(subparsers):
     p = subparsers.add_parser("plot", help="plot loss heads and accuracy from a caffe log")
     p.add_argument("log")
     p.add_argument("--out", help="PNG to write (default: LOG with .png)")
-    p.set_defaults(func=lambda a: print(plot_log(a.log, a.out)))
+    p.set_defaults(func=_cmd)
+
+
+def _cmd(a):
+    values.check_out_file(a.out or os.path.splitext(a.log)[0] + ".png")
+    print(plot_log(a.log, a.out))

@@ -8,7 +8,8 @@ import os
 
 import numpy as np
 
-from .. import atomic
+from .. import atomic, values
+from ..caffe_io.protos import read_text_file
 from ..errors import ReconDecError
 
 MODELS = ["baseline", "sae-first", "sae-all", "sae-layerwise",
@@ -39,13 +40,18 @@ def _load(r):
     if isinstance(r, dict):
         return r
     try:
-        d = json.load(open(r))
-    except OSError as e:
-        raise ReconDecError(f"{r}: {e.strerror}")
+        d = json.loads(read_text_file(r, "results JSON"))
     except ValueError:
-        raise ReconDecError(f"{r}: not a results JSON")
-    if "top1_error" not in d:
+        raise ReconDecError(f"{r}: not a results JSON") from None
+    if not isinstance(d, dict) or "top1_error" not in d:
         raise ReconDecError(f"{r}: not a recon-dec eval result (no top1_error)")
+    for i, (_, _, metric, _) in enumerate(COLUMNS):
+        v = d.get(metric)
+        if metric in d and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 100):
+            raise ReconDecError(f"{r}: {metric} is {v!r}, not a percentage")
+    for k in ("model", "split", "scheme"):
+        if d.get(k) is not None and not isinstance(d[k], str):
+            raise ReconDecError(f"{r}: '{k}' is {d[k]!r}, not a string")
     if not d.get("model"):
         # fall back on the directory name: OUT/<variant>/...
         parts = os.path.abspath(r).split(os.sep)
@@ -120,4 +126,10 @@ def register(subparsers):
     p = subparsers.add_parser("table", help="Table 1 (paper beside ours) from eval results")
     p.add_argument("results", nargs="+", help="results JSON files from recon-dec eval")
     p.add_argument("--out", help="directory for table1.md and table1.csv")
-    p.set_defaults(func=lambda a: print(table(a.results, a.out), end=""))
+    p.set_defaults(func=_cmd)
+
+
+def _cmd(a):
+    if a.out is not None:
+        values.check_out_dir(a.out)
+    print(table(a.results, a.out), end="")

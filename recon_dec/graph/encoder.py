@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from ..caffe_io import protos
 from ..caffe_io.shapes import conv_geometry, pool_geometry, pool_out, shape_text
 from ..errors import ReconDecError, where
+from ..values import INT_MAX
 
 PARAM_TYPES = ("Convolution", "InnerProduct")
 
@@ -23,6 +24,14 @@ ENCODER_TYPES = {"Convolution", "ReLU", "Pooling", "InnerProduct", "Dropout",
 INPUT_TYPES = {"Input", "Data", "ImageData"}
 # classifier heads of a deploy/train file: dropped, the generator adds its own
 HEAD_TYPES = {"Softmax", "SoftmaxWithLoss", "Accuracy"}
+# names the generated nets use for what they add (inputs, heads, image target,
+# decoders): an encoder layer or blob may not take them
+RESERVED_NAMES = {"data", "label", "loss", "prob"}
+RESERVED_PREFIXES = ("dec:", "data/", "label/", "accuracy/", "loss/", "prob/")
+
+
+def reserved(name):
+    return name in RESERVED_NAMES or name.startswith(RESERVED_PREFIXES)
 
 
 @dataclass
@@ -140,33 +149,99 @@ def _pool_text(pp):
 
 def _shape_after(layer, shape, path, src_name):
     t = layer.type
+    at = where(path, src_name)
     if t == "Convolution":
         if len(shape) != 3:
-            raise ReconDecError(where(path, src_name) + "convolution after an inner product")
+            raise ReconDecError(at + "convolution after an inner product")
         cp = layer.convolution_param
+        _check_geometry_fields(cp, at, "convolution")
+        if cp.axis != 1:
+            raise ReconDecError(at + f"convolution axis {cp.axis}: only the channel axis 1 is supported")
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = conv_geometry(cp)
         if kh <= 0 or kw <= 0:
-            raise ReconDecError(where(path, src_name) + "convolution without a kernel size")
-        if cp.group and shape[0] % cp.group:
-            raise ReconDecError(where(path, src_name) + f"{shape[0]} input channels not divisible by group {cp.group}")
+            raise ReconDecError(at + "convolution without a kernel size")
+        if sh <= 0 or sw <= 0:
+            raise ReconDecError(at + f"stride {sh}x{sw}: strides must be >= 1")
+        if dh <= 0 or dw <= 0:
+            raise ReconDecError(at + f"dilation {dh}x{dw}: must be >= 1")
+        if cp.num_output < 1:
+            raise ReconDecError(at + "num_output must be >= 1")
+        if cp.group < 1:
+            raise ReconDecError(at + f"group {cp.group}: must be >= 1")
+        if shape[0] % cp.group:
+            raise ReconDecError(at + f"{shape[0]} input channels not divisible by group {cp.group}")
+        if cp.num_output % cp.group:
+            raise ReconDecError(at + f"num_output {cp.num_output} not divisible by group {cp.group}")
         h = (shape[1] + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
         w = (shape[2] + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
         if h <= 0 or w <= 0:
-            raise ReconDecError(where(path, src_name) + f"input {shape_text(shape)} too small for the kernel")
-        return (cp.num_output, h, w)
+            raise ReconDecError(at + f"input {shape_text(shape)} too small for the kernel")
+        _check_count((cp.num_output, shape[0] // cp.group, kh, kw), at, "its weights")
+        return _check_count((cp.num_output, h, w), at, "its output")
     if t == "Pooling":
         pp = layer.pooling_param
         if len(shape) != 3:
-            raise ReconDecError(where(path, src_name) + "pooling after an inner product")
+            raise ReconDecError(at + "pooling after an inner product")
         if pp.pool != pp.MAX or pp.global_pooling:
-            raise ReconDecError(where(path, src_name) + "only (non-global) MAX pooling can be mirrored by unpooling")
+            raise ReconDecError(at + "only (non-global) MAX pooling can be mirrored by unpooling")
+        if pp.HasField("kernel_size") and (pp.HasField("kernel_h") or pp.HasField("kernel_w")):
+            raise ReconDecError(at + "kernel_size together with kernel_h/kernel_w: give one or the other")
+        if pp.HasField("pad") and (pp.HasField("pad_h") or pp.HasField("pad_w")):
+            raise ReconDecError(at + "pad together with pad_h/pad_w: give one or the other")
+        if pp.HasField("stride") and (pp.HasField("stride_h") or pp.HasField("stride_w")):
+            raise ReconDecError(at + "stride together with stride_h/stride_w: give one or the other")
         (kh, kw), (sh, sw), (ph, pw) = pool_geometry(pp)
-        if kh <= 0 or sh <= 0:
-            raise ReconDecError(where(path, src_name) + "pooling without kernel/stride")
-        return (shape[0], pool_out(shape[1], kh, sh, ph), pool_out(shape[2], kw, sw, pw))
+        if kh <= 0 or kw <= 0 or sh <= 0 or sw <= 0:
+            raise ReconDecError(at + "pooling without kernel/stride")
+        if ph >= kh or pw >= kw:
+            raise ReconDecError(at + f"pad {ph}x{pw} must be smaller than the kernel {kh}x{kw}")
+        if kh > shape[1] + 2 * ph or kw > shape[2] + 2 * pw:
+            raise ReconDecError(at + f"kernel {kh}x{kw} is larger than its input {shape_text(shape)}")
+        return _check_count((shape[0], pool_out(shape[1], kh, sh, ph), pool_out(shape[2], kw, sw, pw)),
+                            at, "its output")
     if t == "InnerProduct":
-        return (layer.inner_product_param.num_output,)
+        ip = layer.inner_product_param
+        if ip.axis != 1:
+            raise ReconDecError(at + f"inner product axis {ip.axis}: only axis 1 is supported")
+        if ip.num_output < 1:
+            raise ReconDecError(at + "num_output must be >= 1")
+        fan_in = 1
+        for d in shape:
+            fan_in *= d
+        _check_count((ip.num_output, fan_in), at, "its weights")
+        return (ip.num_output,)
+    if t == "LRN":
+        lp = layer.lrn_param
+        if lp.local_size % 2 != 1:
+            raise ReconDecError(at + f"local_size {lp.local_size}: Caffe's LRN takes odd sizes only")
+    if t == "Dropout" and not 0 <= layer.dropout_param.dropout_ratio < 1:
+        raise ReconDecError(at + f"dropout_ratio {layer.dropout_param.dropout_ratio:g}: must be in [0, 1)")
     return shape  # ReLU, Dropout, LRN, BatchNorm, Scale keep the shape
+
+
+def _check_count(shape, at, what):
+    """Caffe's blobs hold at most INT_MAX values."""
+    n = 1
+    for d in shape:
+        n *= d
+    if n > INT_MAX:
+        raise ReconDecError(at + f"{what} would be {shape_text(shape)} = {n} values, more than a Caffe "
+                            f"blob holds (INT_MAX = {INT_MAX})")
+    return tuple(shape)
+
+
+def _check_geometry_fields(cp, at, what):
+    """Caffe's rules on the spatial fields of a convolution (2-D here)."""
+    for name, h, w in (("kernel_size", "kernel_h", "kernel_w"), ("stride", "stride_h", "stride_w"),
+                       ("pad", "pad_h", "pad_w")):
+        if len(getattr(cp, name)) and (cp.HasField(h) or cp.HasField(w)):
+            raise ReconDecError(at + f"{name} together with {h}/{w}: give one or the other")
+        if cp.HasField(h) != cp.HasField(w):
+            raise ReconDecError(at + f"{h} and {w} go together")
+        if len(getattr(cp, name)) > 2:
+            raise ReconDecError(at + f"{len(getattr(cp, name))} values of {name} for a 2-D {what}")
+    if len(cp.dilation) > 2:
+        raise ReconDecError(at + f"{len(cp.dilation)} values of dilation for a 2-D {what}")
 
 
 def _rename(layers, path):
@@ -196,6 +271,11 @@ def _rename(layers, path):
                 l.top.extend([l.name, l.name + "-mask"])
         if any(o[0].name == l.name for o in out):
             raise ReconDecError(where(path, src.name) + f"two layers would both be named '{l.name}'")
+        for name in [l.name] + list(l.top):
+            if reserved(name):
+                raise ReconDecError(where(path, src.name) + f"the name '{name}' is reserved for what the "
+                                    "generator adds (data, label, loss, prob, data/..., label/..., "
+                                    "accuracy/..., dec:...); rename the layer")
         blob = l.top[0]
         out.append((l, src.name))
     return out
@@ -211,7 +291,10 @@ def input_shape_of(net, path):
             dims = list(layer.input_param.shape[0].dim)
             if len(dims) != 4:
                 raise ReconDecError(where(path, layer.name) + f"input shape {dims} is not N,C,H,W")
-            return tuple(int(d) for d in dims)
+            if min(dims) < 1:
+                raise ReconDecError(where(path, layer.name) + f"input shape {shape_text(dims)}: every "
+                                    "dimension must be >= 1")
+            return _check_count(tuple(int(d) for d in dims), where(path, layer.name), "the input")
     raise ReconDecError(f"{path}: no Input layer (a deploy prototxt with an input shape is needed)")
 
 

@@ -11,6 +11,7 @@ import sys
 from .. import atomic
 from ..caffe_io import protos
 from ..errors import ReconDecError
+from ..values import INT_MAX
 
 FORMAT = "recon-dec-plan/2"
 FORMAT_V1 = "recon-dec-plan/1"   # stages keyed by an integer "step"; read, never written
@@ -30,13 +31,12 @@ def dumps(plan):
 def load(plan_path):
     """A plan.json, checked, with ``_path`` and ``_dir`` added."""
     plan_path = os.path.abspath(os.fspath(plan_path))
+    if os.path.isdir(plan_path):
+        raise ReconDecError(f"{plan_path}: a directory, not a plan.json")
     try:
-        with open(plan_path) as f:
-            plan = json.load(f)
-    except OSError as e:
-        raise ReconDecError(f"{plan_path}: {e.strerror}")
+        plan = json.loads(protos.read_text_file(plan_path, "plan"))
     except ValueError as e:
-        raise ReconDecError(f"{plan_path}: not valid JSON ({e})")
+        raise ReconDecError(f"{plan_path}: not valid JSON ({e})") from None
     if not isinstance(plan, dict) or plan.get("format") not in (FORMAT, FORMAT_V1):
         got = plan.get("format") if isinstance(plan, dict) else None
         raise ReconDecError(f"{plan_path}: format is {got!r}, expected '{FORMAT}'")
@@ -49,17 +49,62 @@ def load(plan_path):
         if plan["format"] == FORMAT_V1 and "step" in s:
             s.setdefault("id", str(s["step"]))
             s.setdefault("log", f"logs/step{s['step']}.log")
-            s["requires"] = [str(r) for r in s.get("requires", [])]
+            if isinstance(s.get("requires", []), list):
+                s["requires"] = [str(r) for r in s.get("requires", [])]
         for k in STAGE_KEYS:
             if k not in s:
                 raise ReconDecError(f"{plan_path}: a stage lacks '{k}'")
+        _check_stage(plan_path, s)
         s["id"] = str(s["id"])
     ids = [s["id"] for s in stages]
     if len(set(ids)) != len(ids):
         raise ReconDecError(f"{plan_path}: two stages share an id ({', '.join(ids)})")
+    if plan.get("pretrained") is not None and not _path_text(plan["pretrained"]):
+        raise ReconDecError(f"{plan_path}: 'pretrained' is not a path")
+    known = set(ids)
+    for s in stages:
+        for r in s.get("requires", []):
+            if str(r) not in known:
+                raise ReconDecError(f"{plan_path}: stage {s['id']} requires stage {r}, which the plan lacks")
+        for init in s.get("init", []):
+            w = init["weights"]
+            if w.startswith(STAGE_REF) and w[len(STAGE_REF):] not in known:
+                raise ReconDecError(f"{plan_path}: stage {s['id']} is initialised from {w}, which the plan lacks")
     plan["_path"] = plan_path
     plan["_dir"] = os.path.dirname(plan_path)
     return plan
+
+
+def _path_text(x):
+    return isinstance(x, str) and x.strip() and "\0" not in x
+
+
+def _check_stage(plan_path, s):
+    """Types of one stage's keys (a hand-edited plan gets a one-line error,
+    not a traceback further on)."""
+    sid = s.get("id")
+    if isinstance(sid, bool) or not isinstance(sid, (str, int)) or not str(sid).strip():
+        raise ReconDecError(f"{plan_path}: a stage id must be a string or an integer, got {sid!r}")
+    at = f"{plan_path}: stage {sid}"
+    for k in ("solver", "snapshot_prefix", "output", "train_net", "log"):
+        if k in s and not (_path_text(s[k]) or (k in ("train_net", "log") and s[k] is None)):
+            raise ReconDecError(f"{at}: '{k}' must be a path (a non-empty string), got {s[k]!r}")
+    for k in ("max_iter", "batch", "iter_size"):
+        if k in s and (isinstance(s[k], bool) or not isinstance(s[k], int) or s[k] < 1 or s[k] > INT_MAX):
+            raise ReconDecError(f"{at}: '{k}' must be an integer >= 1, got {s[k]!r}")
+    if not isinstance(s.get("requires", []), list) or \
+            any(isinstance(r, bool) or not isinstance(r, (str, int)) for r in s.get("requires", [])):
+        raise ReconDecError(f"{at}: 'requires' must be a list of stage ids")
+    init = s.get("init", [])
+    if not isinstance(init, list):
+        raise ReconDecError(f"{at}: 'init' must be a list")
+    for i in init:
+        if not isinstance(i, dict) or not _path_text(i.get("weights")):
+            raise ReconDecError(f"{at}: each 'init' entry needs 'weights' (a path, @pretrained or @stage:ID)")
+        layers = i.get("layers")
+        if layers is not None and (not isinstance(layers, list) or
+                                   not all(isinstance(n, str) and n for n in layers)):
+            raise ReconDecError(f"{at}: 'layers' of an init entry must be a list of layer names")
 
 
 def stage(plan, stage_id):
