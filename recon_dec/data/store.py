@@ -7,12 +7,13 @@ The manifest lives inside the LMDB directory as ``recon_dec_manifest.json``
 import hashlib
 import json
 import os
+import struct
 import time
 
 import numpy as np
 
-from .. import atomic
-from ..caffe_io.protos import pb2 as _pb2
+from .. import atomic, values
+from ..caffe_io.protos import pb2 as _pb2, read_text_file
 from ..errors import ReconDecError
 
 MANIFEST = "recon_dec_manifest.json"
@@ -23,7 +24,45 @@ COMMIT_EVERY = 256
 
 def _cv2():
     import cv2
+    if not getattr(_cv2, "quiet", False):  # errors are ours to report, in one line
+        try:
+            cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+        except AttributeError:
+            pass
+        _cv2.quiet = True
     return cv2
+
+
+def _truncated(data):
+    """True when encoded image bytes end before their format's end marker
+    (OpenCV decodes a cut JPEG anyway, the missing part grey)."""
+    head, tail = bytes(data[:8]), bytes(data[-4096:])
+    if head[:3] == b"\xff\xd8\xff":  # JPEG: ends with EOI, maybe padded
+        return not tail.rstrip(b"\x00 \r\n\t").endswith(b"\xff\xd9")
+    if head == b"\x89PNG\r\n\x1a\n":
+        return b"IEND" not in tail
+    return False
+
+
+def decode_bytes(data, flag, what):
+    """OpenCV's imdecode of ``data`` with one-line errors naming ``what``."""
+    cv2 = _cv2()
+    if not len(data):
+        raise ReconDecError(f"{what}: empty image data")
+    if _truncated(data):
+        raise ReconDecError(f"{what}: the image is truncated (its data ends before the end marker)")
+    try:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+    except cv2.error as e:
+        raise ReconDecError(f"{what}: OpenCV cannot decode the image ({_cv_reason(e)})") from None
+    if img is None or img.size == 0:
+        raise ReconDecError(f"{what}: not a readable image (OpenCV cannot decode it)")
+    return img
+
+
+def _cv_reason(e):
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    return (lines[-1] if lines else type(e).__name__)[:200]
 
 
 # --------------------------------------------------------------------------
@@ -35,6 +74,8 @@ def resize_shorter(img, size):
     if not size:
         return img
     h, w = img.shape[:2]
+    if max(h, w) * size / min(h, w) > values.MAX_IMAGE_SIDE * 4:
+        raise ReconDecError(f"an image of {h}x{w} resized to a shorter edge of {size} would be too large")
     if h <= w:
         nh, nw = size, int(np.floor(w * size / h + 0.5))
     else:
@@ -52,8 +93,9 @@ def centre_crop(img, crop):
     return img[y:y + crop, x:x + crop]
 
 
-def load_image(item):
-    """``item`` is a path or a uint8 array (HxW grey or HxWx3 BGR)."""
+def load_image(item, channels=None):
+    """``item`` is a path or a uint8 array (HxW grey or HxWx3 BGR). A file
+    is read as BGR, or grey with ``channels`` 1."""
     if isinstance(item, np.ndarray):
         if item.dtype != np.uint8 or item.ndim not in (2, 3) or \
                 (item.ndim == 3 and item.shape[2] not in (1, 3)):
@@ -63,10 +105,13 @@ def load_image(item):
     path = os.fspath(item)
     if not os.path.isfile(path):
         raise ReconDecError(f"{path}: no such image file")
-    img = _cv2().imread(path, _cv2().IMREAD_COLOR)
-    if img is None:
-        raise ReconDecError(f"{path}: not a readable image (OpenCV cannot decode it)")
-    return img
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise ReconDecError(f"{path}: cannot read the image ({e.strerror or e})") from None
+    cv2 = _cv2()
+    return decode_bytes(raw, cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR, path)
 
 
 def encode_image(img, encoding="png", quality=95):
@@ -75,7 +120,10 @@ def encode_image(img, encoding="png", quality=95):
     if ext is None:
         raise ReconDecError(f"unknown encoding '{encoding}' (jpg or png)")
     params = [cv2.IMWRITE_JPEG_QUALITY, quality] if ext == ".jpg" else []
-    ok, buf = cv2.imencode(ext, img, params)
+    try:
+        ok, buf = cv2.imencode(ext, img, params)
+    except cv2.error as e:
+        raise ReconDecError(f"OpenCV could not encode an image as {encoding} ({_cv_reason(e)})") from None
     if not ok:
         raise ReconDecError(f"OpenCV could not encode an image as {encoding}")
     return buf.tobytes()
@@ -92,9 +140,7 @@ def decode_value(value, color=None, where=""):
     if d.encoded:
         flag = cv2.IMREAD_UNCHANGED if color is None else \
             (cv2.IMREAD_COLOR if color else cv2.IMREAD_GRAYSCALE)
-        img = cv2.imdecode(np.frombuffer(d.data, np.uint8), flag)
-        if img is None:
-            raise ReconDecError(f"{where}: an image could not be decoded")
+        img = decode_bytes(d.data, flag, where)
     else:
         if len(d.data) != d.channels * d.height * d.width or not d.data:
             raise ReconDecError(f"{where}: a raw Datum holds {len(d.data)} bytes, but declares "
@@ -118,6 +164,13 @@ def make_value(encoded, label, shape):
     return d.SerializeToString()
 
 
+def check_label(label, where):
+    """Labels are Caffe int32s; -1 marks an unlabeled image."""
+    if not -1 <= label <= values.INT_MAX:
+        raise ReconDecError(f"{where}: label {label} is out of range (-1 .. {values.INT_MAX})")
+    return label
+
+
 def make_raw_value(img, label):
     """A raw (unencoded) uint8 Datum of ``img`` (HxW, or CxHxW as Caffe
     stores it), ``encoded`` false: Caffe's ``Data`` layer copies the bytes
@@ -138,10 +191,7 @@ def read_list(list_file, images_root="."):
     """``path label`` per line (Caffe's convert_imageset format) ->
     [(absolute path, label)]."""
     items = []
-    try:
-        lines = open(list_file).read().splitlines()
-    except OSError as e:
-        raise ReconDecError(f"{list_file}: {e.strerror}")
+    lines = read_text_file(list_file, "image list").splitlines()
     for n, line in enumerate(lines, 1):
         line = line.strip()
         if not line or line.startswith("#"):
@@ -150,15 +200,17 @@ def read_list(list_file, images_root="."):
         try:
             label = int(parts[1])
         except (IndexError, ValueError):
-            raise ReconDecError(f"{list_file}: line {n}: expected 'PATH LABEL', got '{line}'")
+            raise ReconDecError(f"{list_file}: line {n}: expected 'PATH LABEL', got '{line[:200]}'")
+        check_label(label, f"{list_file}: line {n}")
         items.append((os.path.join(images_root, parts[0]), label))
     if not items:
         raise ReconDecError(f"{list_file}: the list is empty")
     return items
 
 
-def _fingerprint(items, shorter_edge, encoding):
-    h = hashlib.sha256(f"{shorter_edge}|{encoding}|{len(items)}\n".encode())
+def _fingerprint(items, shorter_edge, encoding, channels=None):
+    grey = "|grey" if channels == 1 else ""  # unchanged for the colour LMDBs built before --channels
+    h = hashlib.sha256(f"{shorter_edge}|{encoding}|{len(items)}{grey}\n".encode())
     for item, label in items:
         if isinstance(item, np.ndarray):
             h.update(hashlib.sha256(np.ascontiguousarray(item).tobytes()).digest())
@@ -171,6 +223,95 @@ def _fingerprint(items, shorter_edge, encoding):
 
 # --------------------------------------------------------------------------
 # LMDB access with one-line errors
+LMDB_MAGIC = 0xBEEFC0DE
+_META = struct.Struct("<IIQQ48s48sQQ")  # after the 16-byte page header (64-bit LMDB)
+
+
+def check_lmdb_file(db):
+    """Checks ``db``/data.mdb against its own meta pages before LMDB maps
+    it: reading a page beyond the end of a truncated file would kill the
+    process with SIGBUS. Returns the number of pages in use."""
+    path = os.path.join(db, "data.mdb")
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(16 + _META.size)
+            metas = [head]
+            if len(head) == 16 + _META.size:
+                psize = struct.unpack_from("<I", head, 16 + 24)[0]
+                if 512 <= psize <= 1 << 16 and size >= 2 * psize:
+                    f.seek(psize)
+                    metas.append(f.read(16 + _META.size))
+    except OSError as e:
+        raise ReconDecError(f"{db}: cannot read the LMDB ({e.strerror or e})") from None
+    best = None
+    for page in metas:
+        if len(page) < 16 + _META.size:
+            continue
+        magic, version, _, _, free_db, main_db, last_pg, txnid = _META.unpack_from(page, 16)
+        if magic != LMDB_MAGIC:
+            continue
+        psize = struct.unpack_from("<I", free_db, 0)[0]
+        if best is None or txnid > best[2]:
+            best = (psize, last_pg, txnid, struct.unpack_from("<Q", main_db, 40)[0])
+    if best is None:
+        raise ReconDecError(f"{db}: corrupt or not an LMDB (data.mdb has no valid header)" if size else
+                            f"{db}: the LMDB is empty (data.mdb has 0 bytes)")
+    psize, last_pg, _, root = best
+    if not 512 <= psize <= 1 << 16 or psize & (psize - 1):
+        raise ReconDecError(f"{db}: corrupt LMDB (page size {psize} in its header)")
+    need = (last_pg + 1) * psize
+    if size < need:
+        raise ReconDecError(f"{db}: the LMDB is truncated (data.mdb has {size} bytes, its header says "
+                            f"{need}); rebuild it or copy it again")
+    if root != 2 ** 64 - 1 and root > last_pg:
+        raise ReconDecError(f"{db}: corrupt LMDB (its root page {root} lies beyond its last page {last_pg})")
+    return last_pg + 1
+
+
+def isolated(fn, *args, what=""):
+    """``fn(*args)`` in a forked child, its result (or ReconDecError) sent
+    back: a corrupt LMDB page that makes liblmdb read out of bounds kills
+    the child (SIGSEGV/SIGBUS), which is reported here in one line."""
+    import pickle
+    import signal
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 0
+        try:
+            os.close(r)
+            try:
+                out = ("ok", fn(*args))
+            except ReconDecError as e:
+                out = ("error", str(e))
+            except BaseException as e:  # noqa: BLE001 - reported by the parent
+                out = ("error", f"{what}: {type(e).__name__}: {e}")
+            data = pickle.dumps(out)
+            with os.fdopen(w, "wb") as f:
+                f.write(data)
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        data = f.read()
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        sig = signal.Signals(os.WTERMSIG(status)).name
+        if os.WTERMSIG(status) in (signal.SIGINT, signal.SIGTERM):
+            raise KeyboardInterrupt
+        raise ReconDecError(f"{what}: corrupt LMDB (reading it crashed the reader with {sig})")
+    try:
+        kind, value = pickle.loads(data)
+    except Exception:
+        raise ReconDecError(f"{what}: corrupt LMDB (its reader failed)") from None
+    if kind == "error":
+        raise ReconDecError(value)
+    return value
+
+
 def open_lmdb(db, write=False):
     import lmdb
     db = os.fspath(db)
@@ -179,6 +320,8 @@ def open_lmdb(db, write=False):
             raise ReconDecError(f"{db}: no such LMDB")
         if not os.path.isfile(os.path.join(db, "data.mdb")):
             raise ReconDecError(f"{db}: not an LMDB directory (no data.mdb)")
+    if os.path.isfile(os.path.join(db, "data.mdb")) and (not write or os.path.getsize(os.path.join(db, "data.mdb"))):
+        check_lmdb_file(db)
     try:
         if write:
             return lmdb.open(db, map_size=MAP_SIZE, subdir=True, sync=True)
@@ -192,14 +335,28 @@ def read_manifest(db):
     if not os.path.isfile(path):
         return None
     try:
-        return json.load(open(path))
+        m = json.loads(read_text_file(path, "manifest"))
     except ValueError:
-        raise ReconDecError(f"{path}: corrupt manifest (not JSON)")
+        raise ReconDecError(f"{path}: corrupt manifest (not JSON)") from None
+    if not isinstance(m, dict) or m.get("format") != FORMAT:
+        raise ReconDecError(f"{path}: not a recon-dec LMDB manifest (format {FORMAT})")
+    for key, kind in (("complete", bool), ("count", int), ("sha256", str), ("fingerprint", str)):
+        if key in m and not isinstance(m[key], kind):
+            raise ReconDecError(f"{path}: corrupt manifest ('{key}' is not a {kind.__name__})")
+    if m.get("complete") and not (isinstance(m.get("count"), int) and isinstance(m.get("sha256"), str)):
+        raise ReconDecError(f"{path}: corrupt manifest (a complete build without count and sha256)")
+    return m
 
 
 def check_lmdb(db):
     """Cheap check that ``db`` opens and has at least one entry (for the
-    training driver and evaluation, before Caffe would abort on it)."""
+    training driver and evaluation, before Caffe would abort on it); in a
+    forked child, so that a corrupt page cannot take this process down."""
+    open_lmdb(db).close()  # header and size checks first, in this process
+    return isolated(_check_lmdb, os.fspath(db), what=os.fspath(db))
+
+
+def _check_lmdb(db):
     import lmdb
     env = open_lmdb(db)
     try:
@@ -215,6 +372,28 @@ def check_lmdb(db):
     finally:
         env.close()
     return n
+
+
+def first_image(db):
+    """(channels, height, width) of the first image of ``db``, as Caffe's
+    Data layer reads it (encoded images decoded as stored: a grey PNG/JPEG
+    has 1 channel), after the cheap checks of ``check_lmdb``."""
+    check_lmdb(db)
+    key, value = isolated(_first_entry, os.fspath(db), what=os.fspath(db))
+    img, _ = decode_value(value, None, f"{db}: key {key.decode(errors='replace')}")
+    h, w = img.shape[:2]
+    return (1 if img.ndim == 2 else img.shape[2]), h, w
+
+
+def _first_entry(db):
+    env = open_lmdb(db)
+    try:
+        with env.begin() as txn:
+            cur = txn.cursor()
+            cur.first()
+            return bytes(cur.key()), bytes(cur.value())
+    finally:
+        env.close()
 
 
 def iter_lmdb(db):
@@ -234,30 +413,39 @@ def iter_lmdb(db):
 def _progress(total, initial, desc, enabled):
     from tqdm import tqdm
     return tqdm(total=total, initial=initial, desc=desc, unit="img",
-                disable=not enabled, dynamic_ncols=True)
+                disable=not enabled or not values.stderr_tty(), dynamic_ncols=True)
+
 
 
 # --------------------------------------------------------------------------
 def _encode_item(args):
-    item, label, shorter_edge, encoding, quality = args
-    img = resize_shorter(load_image(item), shorter_edge)
+    item, label, shorter_edge, encoding, quality, channels = args
+    img = load_image(item, channels)
+    if channels == 1 and img.ndim == 3:
+        img = _cv2().cvtColor(img, _cv2().COLOR_BGR2GRAY)
+    elif channels == 3 and img.ndim == 2:
+        img = _cv2().cvtColor(img, _cv2().COLOR_GRAY2BGR)
+    img = resize_shorter(img, shorter_edge)
     return make_value(encode_image(img, encoding, quality), label, img.shape)
 
 
 def build_lmdb(items, out, shorter_edge=None, encoding="png", quality=95,
-               progress=True, commit_every=COMMIT_EVERY, workers=1):
+               progress=True, commit_every=COMMIT_EVERY, workers=1, channels=None):
     """Writes ``items`` ([(path or uint8 array, label)]) to the LMDB ``out``
     as encoded Datums, shorter edge resized to ``shorter_edge`` (None keeps
     the size). Resumable: rerun with the same items after an interruption and
     it continues after the last committed entry. ``workers`` > 1 decodes and
-    encodes in that many processes (keys stay in list order). Returns the
-    manifest."""
+    encodes in that many processes (keys stay in list order). ``channels``
+    1 stores grey images, 3 colour (BGR), None as they come (files as BGR).
+    Returns the manifest."""
     import lmdb
     out = os.fspath(out)
     items = list(items)
     if not items:
         raise ReconDecError(f"{out}: nothing to write (empty item list)")
-    fp = _fingerprint(items, shorter_edge, encoding)
+    if channels not in (None, 1, 3):
+        raise ReconDecError(f"--channels: {channels} is not 1 or 3")
+    fp = _fingerprint(items, shorter_edge, encoding, channels)
     manifest = read_manifest(out) if os.path.isdir(out) else None
     if os.path.exists(out) and manifest is None and os.listdir(out):
         raise ReconDecError(f"{out}: exists and was not written by recon-dec data build; "
@@ -269,6 +457,8 @@ def build_lmdb(items, out, shorter_edge=None, encoding="png", quality=95,
         return manifest
     base = {"format": FORMAT, "fingerprint": fp, "shorter_edge": shorter_edge,
             "encoding": encoding, "total": len(items)}
+    if channels:
+        base["channels"] = channels
     os.makedirs(out, exist_ok=True)
     atomic.write_text(os.path.join(out, MANIFEST),
                       json.dumps(dict(base, complete=False), indent=1))
@@ -290,7 +480,7 @@ def build_lmdb(items, out, shorter_edge=None, encoding="png", quality=95,
         bar = _progress(len(items), start, os.path.basename(out.rstrip("/")), progress)
         t0 = time.time()
         txn = env.begin(write=True)
-        jobs = ((items[i][0], items[i][1], shorter_edge, encoding, quality)
+        jobs = ((items[i][0], items[i][1], shorter_edge, encoding, quality, channels)
                 for i in range(start, len(items)))
         pool = None
         if workers and workers > 1 and len(items) - start > 1:
@@ -412,6 +602,30 @@ def write_raw_lmdb(images, labels, out, fingerprint, progress=False, commit_ever
     return manifest
 
 
+def _walk(db, decode, total, progress):
+    """(entries, SHA-256 of keys and values) of ``db``, decoding each image
+    with ``decode``."""
+    sha = hashlib.sha256()
+    n = 0
+    bar = _progress(total, 0, "verify", progress)
+    for k, v in iter_lmdb(db):
+        sha.update(k)
+        sha.update(v)
+        if decode:
+            decode_value(v, where=f"{db}: key {k.decode(errors='replace')}")
+        n += 1
+        bar.update(1)
+    bar.close()
+    return n, sha.hexdigest()
+
+
+def walk(db):
+    """(entries, SHA-256) of ``db`` read in a forked child: every page is
+    known to be readable afterwards."""
+    check_lmdb(db)
+    return isolated(_walk, os.fspath(db), False, None, False, what=os.fspath(db))
+
+
 def verify_lmdb(db, decode=False, progress=False):
     """Re-counts and re-hashes ``db`` against its manifest; with ``decode``
     also decodes every image. Returns the manifest; raises ReconDecError."""
@@ -424,20 +638,10 @@ def verify_lmdb(db, decode=False, progress=False):
     if not manifest.get("complete"):
         raise ReconDecError(f"{db}: the build did not finish; rerun the same "
                             "`recon-dec data build` to resume it")
-    sha = hashlib.sha256()
-    n = 0
-    bar = _progress(manifest["count"], 0, "verify", progress)
-    for k, v in iter_lmdb(db):
-        sha.update(k)
-        sha.update(v)
-        if decode:
-            decode_value(v, where=f"{db}: key {k.decode(errors='replace')}")
-        n += 1
-        bar.update(1)
-    bar.close()
+    n, digest = isolated(_walk, db, decode, manifest["count"], progress, what=db)
     if n != manifest["count"]:
         raise ReconDecError(f"{db}: {n} entries, the manifest says {manifest['count']}")
-    if sha.hexdigest() != manifest["sha256"]:
+    if digest != manifest["sha256"]:
         raise ReconDecError(f"{db}: checksum mismatch (the LMDB changed since it was built)")
     return manifest
 
@@ -450,11 +654,13 @@ def register(subparsers):
     b.add_argument("--images", required=True, help="root the list's paths are relative to")
     b.add_argument("--list", required=True, help="'PATH LABEL' per line")
     b.add_argument("--out", required=True, help="LMDB directory to write")
-    b.add_argument("--shorter-edge", type=int, default=512,
+    b.add_argument("--shorter-edge", type=values.arg_int(0, values.MAX_IMAGE_SIDE), default=512,
                    help="resize so the shorter edge is this (train 512, val 256; 0 keeps)")
     b.add_argument("--encoding", choices=["jpg", "png"], default="jpg")
-    b.add_argument("--quality", type=int, default=95, help="JPEG quality")
-    b.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+    b.add_argument("--quality", type=values.arg_int(0, 100), default=95, help="JPEG quality (0-100)")
+    b.add_argument("--channels", type=int, choices=[1, 3], default=3,
+                   help="3: colour (BGR, default); 1: grey, for nets with a 1-channel input")
+    b.add_argument("--workers", type=values.arg_int(1, 1024), default=os.cpu_count() or 1,
                    help="decoding/encoding processes (default: all CPUs)")
     b.add_argument("--no-progress", action="store_true")
     b.set_defaults(func=_cmd_build)
@@ -470,16 +676,18 @@ def register(subparsers):
                    help="labeled images, the same number of each class (or 'all')")
     s.add_argument("--seed", type=int, default=0, help="fixes the split (default 0)")
     s.add_argument("--out", required=True, help="directory for the LMDBs and manifest.json")
-    s.add_argument("--val", type=int, default=0,
+    s.add_argument("--val", type=values.arg_int(0), default=0,
                    help="training images held out, with labels, as val_lmdb (default 0: none)")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=_cmd_semi)
 
 
 def _cmd_build(args):
+    values.check_out_dir(args.out)
     items = read_list(args.list, args.images)
     m = build_lmdb(items, args.out, args.shorter_edge or None, args.encoding,
-                   args.quality, progress=not args.no_progress, workers=args.workers)
+                   args.quality, progress=not args.no_progress, workers=args.workers,
+                   channels=args.channels)
     print(f"{args.out}: {m['count']} images, {m['num_classes']} classes, sha256 {m['sha256'][:16]}...")
 
 
@@ -490,6 +698,7 @@ def _cmd_verify(args):
 
 def _cmd_semi(args):
     from . import datasets  # it imports this module
+    values.check_out_dir(args.out)
     split = datasets.write_semi_supervised(args.dataset, args.labels, args.seed, args.out,
                                            val=args.val, progress=not args.no_progress)
     print(datasets.describe(split))

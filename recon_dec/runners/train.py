@@ -11,14 +11,20 @@ import signal
 import subprocess
 import sys
 
+from .. import values
 from ..caffe_io import logs, protos
-from ..caffe_io.tool import caffe_binary
+from ..caffe_io.tool import caffe_binary, check_gpus
 from ..errors import ReconDecError
 from . import plan as plans
 
+PR_SET_PDEATHSIG = 1
 
-def newest_snapshot(plan, stage):
-    """(iteration, solverstate path) of the newest complete snapshot, or None."""
+
+def newest_snapshot(plan, stage, warn=False):
+    """(iteration, solverstate path) of the newest intact snapshot, or None.
+    Caffe writes the caffemodel, then the solverstate: a solverstate killed
+    mid-write is skipped in favour of the one before, and so is a snapshot
+    whose caffemodel was damaged since (with a one-line warning if ``warn``)."""
     prefix = plans.path(plan, stage["snapshot_prefix"])
     found = []
     for p in glob.glob(glob.escape(prefix) + "_iter_*.solverstate"):
@@ -26,12 +32,47 @@ def newest_snapshot(plan, stage):
         model = p[: -len(".solverstate")] + ".caffemodel"
         if m and os.path.getsize(p) > 0 and os.path.isfile(model):
             found.append((int(m.group(1)), p))
-    # Caffe writes the caffemodel, then the solverstate: a solverstate that
-    # parses means both are whole. A truncated one (killed mid-write) is
-    # skipped in favour of the one before.
+    damaged = []
     for it, p in sorted(found, reverse=True):
-        if _solverstate_ok(p):
-            return it, p
+        if not _solverstate_ok(p):
+            continue
+        why = caffemodel_damage(p[: -len(".solverstate")] + ".caffemodel")
+        if why:
+            damaged.append((p[: -len(".solverstate")] + ".caffemodel", why))
+            continue
+        if damaged and warn:
+            _warn_damaged(damaged, f"resuming from iteration {it} instead")
+        return it, p
+    if damaged and warn:
+        _warn_damaged(damaged, "no intact snapshot left: starting the stage afresh")
+    return None
+
+
+def _warn_damaged(damaged, then):
+    names = ", ".join(f"{os.path.basename(m)} ({why})" for m, why in damaged)
+    print(f"recon-dec: warning: damaged snapshot {names}; {then}", file=sys.stderr)
+
+
+def caffemodel_damage(path):
+    """Why the caffemodel ``path`` is not intact (it does not parse, a blob
+    holds fewer values than its shape, no layer has weights), or None."""
+    m = protos.pb2().NetParameter()
+    try:
+        with open(path, "rb") as f:
+            m.ParseFromString(f.read())
+    except Exception:
+        return "it does not parse"
+    layers = protos.caffemodel_layers(m)
+    if not layers:
+        return "no layer has weights"
+    for name, l in layers.items():
+        for b in l.blobs:
+            dims = list(b.shape.dim) if b.HasField("shape") else [b.num, b.channels, b.height, b.width]
+            n = 1
+            for d in dims:
+                n *= d
+            if n != max(len(b.data), len(b.double_data)):
+                return f"layer '{name}' is cut short"
     return None
 
 
@@ -59,7 +100,28 @@ def _train_batch(net):
     return None
 
 
-def _check_sources(net, netpath, cwd):
+def net_input(plan):
+    """(C, H, W) the plan's nets are built for: plan.json's ``input``, or the
+    Input layer of the deploy.prototxt beside it; None when neither says."""
+    shape = plan.get("input")
+    if isinstance(shape, list) and len(shape) == 3 and all(isinstance(d, int) and d > 0 for d in shape):
+        return tuple(shape)
+    deploy = os.path.join(plan["_dir"], "deploy.prototxt")
+    if os.path.isfile(deploy):
+        try:
+            for l in protos.read_net(deploy).layer:
+                if l.type == "Input" and l.input_param.shape and len(l.input_param.shape[0].dim) == 4:
+                    return tuple(l.input_param.shape[0].dim[1:])
+        except ReconDecError:
+            return None
+    return None
+
+
+def _check_sources(net, netpath, cwd, want=None):
+    """Each LMDB a data layer reads: it opens, holds images, and (Caffe's
+    Data layer, which decodes them as stored) they have the channels and
+    size of the net's input ``want`` (C, H, W) -- before Caffe aborts on it,
+    or trains another net than the one generated."""
     from ..data import store as data
     for l in net.layer:
         src = None
@@ -67,11 +129,24 @@ def _check_sources(net, netpath, cwd):
             src = l.scale_jitter_data_param.source
         elif l.type == "Data" and l.data_param.backend == 1:
             src = l.data_param.source
-        if src:
-            try:
-                data.check_lmdb(os.path.join(cwd, src))
-            except ReconDecError as e:
-                raise ReconDecError(f"{netpath}: layer '{l.name}': {e}")
+        if not src:
+            continue
+        db = os.path.join(cwd, src)
+        try:
+            c, h, w = data.first_image(db)
+        except ReconDecError as e:
+            raise ReconDecError(f"{netpath}: layer '{l.name}': {e}") from None
+        if l.type != "Data":
+            continue  # ScaleJitterData converts colour and resizes itself
+        crop = l.transform_param.crop_size
+        at = f"{netpath}: layer '{l.name}': {src}"
+        if want and c != want[0]:
+            raise ReconDecError(f"{at}: images with {c} channel{'s' * (c != 1)}, the net takes {want[0]} "
+                                f"(rebuild it with `recon-dec data build --channels {want[0]}`)")
+        if crop and (h < crop or w < crop):
+            raise ReconDecError(f"{at}: images of {h}x{w} are smaller than the {crop}x{crop} crop")
+        if not crop and want and (h, w) != tuple(want[1:]):
+            raise ReconDecError(f"{at}: images of {h}x{w}, the net takes {want[1]}x{want[2]} (no crop)")
 
 
 # --------------------------------------------------------------------------
@@ -79,7 +154,7 @@ class _Progress:
     def __init__(self, total, initial, batch, desc, enabled):
         from tqdm import tqdm
         self.bar = tqdm(total=total, initial=initial, desc=desc, unit="it",
-                        disable=not enabled, dynamic_ncols=True)
+                        disable=not enabled or not values.stderr_tty(), dynamic_ncols=True)
         self.batch = batch
         self.last = initial
         self.heads = {}
@@ -120,9 +195,14 @@ def run_stage(plan_path, stage, gpu=None, progress=True, caffe=None):
     sid = st["id"]
     output = plans.stage_output(plan, sid)
     if os.path.isfile(output):
-        if progress:
-            print(f"stage {sid}: complete ({st['output']} exists)", file=sys.stderr)
-        return output
+        why = caffemodel_damage(output)
+        if why is None:
+            if progress:
+                print(f"stage {sid}: complete ({st['output']} exists)", file=sys.stderr)
+            return output
+        print(f"recon-dec: warning: {output}: the stage's output is damaged ({why}); "
+              "training it again from the newest intact snapshot", file=sys.stderr)
+        os.replace(output, output + ".damaged")
     cwd = plan["_dir"]
     solver_path = plans.path(plan, st["solver"])
     solver = protos.read_solver(solver_path)
@@ -130,12 +210,12 @@ def run_stage(plan_path, stage, gpu=None, progress=True, caffe=None):
     net_path = plans.path(plan, net_rel) if net_rel else None
     net = protos.read_net(net_path) if net_path else None
     if net is not None:
-        _check_sources(net, net_path, cwd)
+        _check_sources(net, net_path, cwd, net_input(plan))
     if st.get("max_iter") and solver.max_iter and int(st["max_iter"]) != solver.max_iter:
         raise ReconDecError(f"{solver_path}: max_iter is {solver.max_iter} but the plan says "
                             f"{st['max_iter']} for stage {sid}")
     max_iter = int(st.get("max_iter") or solver.max_iter)
-    resume = newest_snapshot(plan, st)
+    resume = newest_snapshot(plan, st, warn=True)
     cmd = [caffe or caffe_binary(), "train", "-solver", solver_path]
     weights, origin = None, {}
     if resume:
@@ -161,21 +241,29 @@ def run_stage(plan_path, stage, gpu=None, progress=True, caffe=None):
     bar = _Progress(max_iter, start, batch, f"stage {sid}", progress)
     state = {"stopping": False, "snap_wanted": False}
 
+    driver = os.getpid()
+
     def preexec():
         os.setpgrp()  # our own group: a terminal's Ctrl-C reaches only us
         try:  # if the driver dies, Caffe gets SIGINT: snapshot and stop
             import ctypes
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGINT)
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGINT))
         except Exception:
             pass
+        if os.getppid() != driver:  # the driver died before prctl: do not start
+            os._exit(1)
 
+    # Caffe writes its log to the file itself and the driver follows it: when
+    # the driver dies, Caffe's output does not go to a closed pipe (SIGPIPE
+    # would kill it before it snapshots).
     with open(log_path, "a") as log:
         log.write(f"# recon-dec train: stage {sid} {'resuming from ' + resume[1] if resume else 'from scratch'}\n"
                   f"# {' '.join(cmd)}\n")
         log.flush()
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, preexec_fn=preexec,
-                                text=True, errors="replace", bufsize=1)
+        follow = open(log_path, errors="replace")
+        follow.seek(0, os.SEEK_END)
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, preexec_fn=preexec)
 
         def on_signal(signum, frame):
             if state["stopping"]:
@@ -194,9 +282,7 @@ def run_stage(plan_path, stage, gpu=None, progress=True, caffe=None):
                ((signal.SIGINT, on_signal), (signal.SIGTERM, on_signal), (signal.SIGHUP, on_hup))}
         fatal = diverged = None
         try:
-            for line in proc.stdout:
-                log.write(line)
-                log.flush()
+            for line in _follow(follow, proc):
                 bar.line(line)
                 m = logs.FATAL.match(line)
                 if m and fatal is None:
@@ -213,6 +299,7 @@ def run_stage(plan_path, stage, gpu=None, progress=True, caffe=None):
                     proc.send_signal(signal.SIGINT)
             rc = proc.wait()
         finally:
+            follow.close()
             for s, h in old.items():
                 signal.signal(s, h)
             if proc.returncode == 0 and not state["stopping"] and bar.last < max_iter:
@@ -235,6 +322,25 @@ def run_stage(plan_path, stage, gpu=None, progress=True, caffe=None):
                             f"{st['output']} was not written (does the solver's max_iter / "
                             f"snapshot_prefix match the plan?)")
     return output
+
+
+def _follow(f, proc, poll=0.05):
+    """Lines appended to the log file ``f`` while ``proc`` runs, then the rest."""
+    import time
+    part = ""
+    while True:
+        chunk = f.readline()
+        if chunk:
+            part += chunk
+            if part.endswith("\n"):
+                yield part
+                part = ""
+            continue
+        if proc.poll() is not None:
+            rest = part + f.read()
+            yield from (l + "\n" for l in rest.splitlines())
+            return
+        time.sleep(poll)
 
 
 def _float(text):
@@ -277,6 +383,8 @@ def register(subparsers):
 
 
 def _cmd_train(args):
+    if args.gpu is not None:
+        args.gpu = check_gpus(args.gpu)
     try:
         if args.all:
             outs = run_all(args.plan, gpu=args.gpu, progress=not args.no_progress)
