@@ -10,10 +10,10 @@ import time
 
 import numpy as np
 
-from .. import atomic
-from ..caffe_io import protos
+from .. import atomic, values
+from ..caffe_io import netcheck, protos
 from ..data import store as data
-from ..errors import ReconDecError
+from ..errors import ReconDecError, where
 
 FORMAT = "recon-dec-eval/1"
 
@@ -30,27 +30,81 @@ def parse_mean(mean, channels):
         return np.zeros(channels, np.float32)
     if isinstance(mean, str):
         if os.path.isfile(mean):
-            if mean.endswith(".npy"):
-                arr = np.load(mean)
-            else:
-                b = protos.pb2().BlobProto()
-                b.ParseFromString(open(mean, "rb").read())
-                arr = _caffe().io.blobproto_to_array(b)[0]
-            arr = np.asarray(arr, np.float32)
+            arr = _mean_file(mean)
             vals = arr.reshape(arr.shape[0], -1).mean(1) if arr.ndim >= 2 else arr
         else:
             try:
-                vals = [float(v) for v in mean.split(",")]
-            except ValueError:
-                raise ReconDecError(f"--mean: '{mean}' is neither a file nor comma-separated numbers")
+                vals = list(values.numbers(mean, "--mean"))
+            except ReconDecError:
+                raise ReconDecError(f"--mean: '{mean}' is neither a file nor comma-separated numbers") from None
     else:
         vals = list(mean)
     vals = np.asarray(vals, np.float32).ravel()
+    if not np.all(np.isfinite(vals)):
+        raise ReconDecError("--mean: the mean holds values that are not finite numbers")
     if vals.size == 1:
         vals = np.repeat(vals, channels)
     if vals.size != channels:
         raise ReconDecError(f"--mean: {vals.size} values for a {channels}-channel input")
     return vals
+
+
+def _mean_file(path):
+    """A mean image (.npy, or Caffe's .binaryproto) as a float32 array."""
+    try:
+        if path.endswith(".npy"):
+            arr = np.load(path, allow_pickle=False)
+        else:
+            b = protos.pb2().BlobProto()
+            with open(path, "rb") as f:
+                b.ParseFromString(f.read())
+            shape = tuple(b.shape.dim) if b.HasField("shape") else (b.num, b.channels, b.height, b.width)
+            if not len(b.data) or int(np.prod(shape)) != len(b.data):
+                raise ValueError("no data of its shape")
+            arr = np.asarray(b.data, np.float32).reshape(shape)[0] if len(shape) == 4 else \
+                np.asarray(b.data, np.float32)
+        arr = np.asarray(arr, np.float32)
+    except ReconDecError:
+        raise
+    except Exception:
+        raise ReconDecError(f"{path}: --mean file is neither a .npy array nor a Caffe .binaryproto mean") from None
+    if arr.size == 0:
+        raise ReconDecError(f"{path}: --mean file is empty")
+    return arr
+
+
+def input_shape(deploy):
+    """(C, H, W) of a deploy net's input (its Input layer, or the legacy
+    input_dim / input_shape fields), or None when it declares none."""
+    net = protos.read_net(deploy)
+    for l in net.layer:
+        if l.type == "Input" and l.input_param.shape:
+            dims = list(l.input_param.shape[0].dim)
+            return tuple(dims[1:]) if len(dims) == 4 else None
+    if len(net.input_shape):
+        dims = list(net.input_shape[0].dim)
+        return tuple(dims[1:]) if len(dims) == 4 else None
+    if len(net.input_dim) == 4:
+        return tuple(net.input_dim[1:])
+    return None
+
+
+def check_inputs(deploy, crop, scheme):
+    """The deploy net's input against the crop: the class scores (and the
+    dense conversion of the fc layers) are for the net's own input size."""
+    shape = input_shape(deploy)
+    if shape is None:
+        raise ReconDecError(f"{deploy}: no Input layer with a N,C,H,W shape (a deploy prototxt is needed)")
+    c, h, w = shape
+    if min(shape) < 1:
+        raise ReconDecError(f"{deploy}: input shape {c}x{h}x{w}: every dimension must be >= 1")
+    if c not in (1, 3):
+        raise ReconDecError(f"{deploy}: the input has {c} channels; images have 1 (grey) or 3 (BGR)")
+    if (crop, crop) != (h, w):
+        raise ReconDecError(f"--crop: {crop} differs from the net's input {h}x{w} ({deploy}); "
+                            f"evaluate at --crop {h}" if h == w else
+                            f"{deploy}: the input {h}x{w} is not square; {scheme} evaluation takes square crops")
+    return shape
 
 
 # --------------------------------------------------------------------------
@@ -96,19 +150,42 @@ def load_weights(net, weights, deploy):
 DECODER_PREFIX = "dec:"
 
 
-def classifier_only(param):
+def classifier_only(param, path=None):
     """Drops the decoder (layers named ``dec:...``) from a NetParameter: the
     class scores never depend on it, and its unpooling shapes only mirror at
-    the training input size, not at a dense-evaluation size."""
+    the training input size, not at a dense-evaluation size. A classifier
+    layer that reads what a ``dec:`` layer writes is an error (the name is
+    reserved for decoders)."""
+    dropped = [l for l in param.layer if l.name.startswith(DECODER_PREFIX)]
     keep = [l for l in param.layer if not l.name.startswith(DECODER_PREFIX)]
+    written = {t for l in keep for t in l.top}
+    for l in keep:
+        for b in l.bottom:
+            if b not in written and any(b in d.top for d in dropped):
+                src = next(d for d in dropped if b in d.top)
+                raise ReconDecError(where(path, src.name) + "names starting 'dec:' are reserved for "
+                                    f"decoder layers, which evaluation drops, but layer '{l.name}' of the "
+                                    "classifier reads it; rename the layer")
+        written.update(l.top)
     del param.layer[:]
     param.layer.extend(keep)
     return param
 
 
+def check_builds(deploy, param, gpu=None):
+    """The classifier of ``deploy`` built by Caffe in a child process first:
+    a net Caffe rejects (or a GPU it lacks) is a one-line error, not an abort
+    of this process."""
+    shape = input_shape(deploy)
+    if shape is None:
+        raise ReconDecError(f"{deploy}: no Input layer with a N,C,H,W shape (a deploy prototxt is needed)")
+    netcheck.check_nets([netcheck.Net(deploy, protos.to_text(param))], (1,) + tuple(shape), gpu=gpu)
+
+
 def load_net(deploy, weights, gpu=None):
     caffe = _caffe()
-    param = classifier_only(protos.read_net(deploy))  # also a clear error for an unparsable prototxt
+    param = classifier_only(protos.read_net(deploy), deploy)  # also a clear error for an unparsable prototxt
+    check_builds(deploy, param, gpu)
     if gpu is None:
         caffe.set_mode_cpu()
     else:
@@ -130,7 +207,7 @@ def fully_convolutional(deploy, net, crop, out_prototxt):
     layers feeding them are dropped) and returns a caffe.Net holding
     ``net``'s weights, reshaped."""
     caffe = _caffe()
-    param = classifier_only(protos.read_net(deploy))
+    param = classifier_only(protos.read_net(deploy), deploy)
     inp = net.inputs[0]
     shape = list(net.blobs[inp].data.shape)
     net.blobs[inp].reshape(1, shape[1], crop, crop)
@@ -216,8 +293,10 @@ def topk_errors(scores, labels, k=5):
 
 
 def _entries(db, train_subset, seed):
-    """[(key, value)] to evaluate: all, or ``train_subset`` random ones."""
-    data.check_lmdb(db)
+    """[(key, value)] to evaluate: all, or ``train_subset`` random ones.
+    The LMDB is walked once in a forked child first (``data.walk``): a
+    corrupt page then stops the child, not this process."""
+    data.walk(db)
     if not train_subset:
         return data.iter_lmdb(db), None
     keys = [k for k, _ in data.iter_lmdb(db)]
@@ -247,7 +326,17 @@ def evaluate(deploy, weights, db, scheme="single-crop", shorter_edge=256, crop=2
     if scheme not in ("single-crop", "dense"):
         raise ReconDecError(f"unknown scheme '{scheme}' (single-crop or dense)")
     if shorter_edge < crop:
-        raise ReconDecError(f"shorter edge {shorter_edge} is smaller than the crop {crop}")
+        raise ReconDecError(f"--shorter-edge: {shorter_edge} is smaller than the crop {crop}")
+    want = check_inputs(deploy, crop, scheme)
+    have = data.first_image(db)[0]
+    if have != want[0]:
+        raise ReconDecError(f"{db}: images with {have} channel{'s' * (have != 1)}, the net ({deploy}) takes "
+                            f"{want[0]} (rebuild it with `recon-dec data build --channels {want[0]}`)")
+    if gpu is not None:
+        from ..caffe_io.tool import check_gpus
+        check_gpus(str(gpu))
+    if weights:
+        protos.check_caffemodel_file(values.check_in_file(weights, "--weights", "caffemodel"))
     t0 = time.time()
     net = load_net(deploy, weights, gpu)
     inp = net.inputs[0]
@@ -261,7 +350,7 @@ def evaluate(deploy, weights, db, scheme="single-crop", shorter_edge=256, crop=2
     entries, n = _entries(db, train_subset, seed)
     total = n if n else (limit or data.check_lmdb(db))
     bar = tqdm(total=total, desc=f"{scheme} {os.path.basename(os.fspath(db).rstrip('/'))}",
-               unit="img", disable=not progress, dynamic_ncols=True)
+               unit="img", disable=not progress or not values.stderr_tty(), dynamic_ncols=True)
     all_scores, labels = [], []
     tmpdir = None
     if scheme == "dense":
@@ -330,28 +419,30 @@ def evaluate(deploy, weights, db, scheme="single-crop", shorter_edge=256, crop=2
 def register(subparsers):
     p = subparsers.add_parser("eval", help="top-1/top-5 error: single-crop or dense")
     p.add_argument("--net", required=True, help="deploy prototxt")
-    p.add_argument("--weights", required=True)
+    p.add_argument("--weights", required=True, help="caffemodel")
     p.add_argument("--db", required=True, help="LMDB of encoded images (recon-dec data build)")
     p.add_argument("--scheme", choices=["single-crop", "dense"], default="single-crop")
-    p.add_argument("--train-subset", type=int, metavar="N",
+    p.add_argument("--train-subset", type=values.arg_int(1), metavar="N",
                    help="N random images of --db (training error; single crop)")
-    p.add_argument("--seed", type=int, default=0, help="for --train-subset")
+    p.add_argument("--seed", type=values.arg_int(0, 2 ** 32 - 1), default=0, help="for --train-subset")
     p.add_argument("--mean", default="103.939,116.779,123.68",
                    help="per-channel mean (BGR) values 'b,g,r', or a .binaryproto/.npy")
-    p.add_argument("--scale", type=float, default=1.0)
-    p.add_argument("--shorter-edge", type=int, default=256)
-    p.add_argument("--crop", type=int, default=224)
-    p.add_argument("--batch-size", type=int, default=25)
+    p.add_argument("--scale", type=values.arg_float(0, values.FLT_MAX, low_open=True), default=1.0)
+    p.add_argument("--shorter-edge", type=values.arg_int(1, values.MAX_IMAGE_SIDE), default=256)
+    p.add_argument("--crop", type=values.arg_int(1, values.MAX_IMAGE_SIDE), default=224)
+    p.add_argument("--batch-size", type=values.arg_int(1, 65536), default=25)
     p.add_argument("--output", help="score blob (default: the net's last output)")
     p.add_argument("--model", help="model name for the table, e.g. the variant evaluated")
-    p.add_argument("--gpu", type=int)
-    p.add_argument("--limit", type=int, help="evaluate only the first N images")
+    p.add_argument("--gpu", type=values.arg_int(0, 1023))
+    p.add_argument("--limit", type=values.arg_int(1), help="evaluate only the first N images")
     p.add_argument("--out", help="results JSON to write")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_eval)
 
 
 def _cmd_eval(args):
+    if args.out is not None:
+        values.check_out_file(args.out)
     r = evaluate(args.net, args.weights, args.db, args.scheme, args.shorter_edge, args.crop,
                  args.mean, args.scale, args.train_subset, args.seed, args.batch_size,
                  args.gpu, args.output, model=args.model, progress=not args.no_progress,

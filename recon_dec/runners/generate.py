@@ -2,19 +2,22 @@
 method's variants: per variant directory, each stage's train net and solver,
 the last stage's train_val, a deploy net and ``plan.json``; and a README.
 
-Everything is built and validated in memory first; files are written only
-when all of it succeeded (atomically, one by one). Nothing here knows a
+Everything is built and validated in memory first, then written as a tree
+beside OUT, every net built by Caffe in a child process, and only then
+renamed into place (``atomic.atomic_tree``): OUT is whole or absent. Nothing here knows a
 particular method: ``recon_dec.methods`` supplies the nets."""
 import dataclasses
 import os
+import re
 import shutil
 import sys
 from dataclasses import dataclass, field
 
-from .. import atomic, methods
-from ..caffe_io import protos
+from .. import atomic, methods, values
+from ..caffe_io import netcheck, protos
 from ..errors import ReconDecError
 from ..graph import data_layers as D
+from ..graph.builder import RESERVED_PREFIX
 from ..graph.encoder import input_shape_of, load_encoder
 from ..graph.solver import SETTINGS, solver_message, stage_output
 from . import plan as plan_mod
@@ -51,6 +54,7 @@ def variant_files(ctx, variant, method):
             raise ReconDecError(f"method {method.name}: stages of {variant.name} share the directory "
                                 f"'{st.dir}' (give each stage its own Stage.dir)")
         prefix = st.snapshot_prefix or f"snapshots/{st.id}"
+        check_stage_settings(st, method)
         files[net_rel] = str(st.net)
         test_iter = opts.test_iter if ctx.has_test else None
         solver = solver_message(net_rel, st.settings, prefix, test_iter, opts.test_interval, opts.solver_mode)
@@ -67,15 +71,16 @@ def variant_files(ctx, variant, method):
     files.setdefault("train_val.prototxt", str(variant.stages[-1].net))
     files["deploy.prototxt"] = str(variant.deploy)
     plan = {"format": plan_mod.FORMAT, "method": method.name, "variant": variant.name,
-            "source_net": os.path.abspath(ctx.enc.path), "pretrained": ctx.pretrained, "stages": stages}
+            "source_net": os.path.abspath(ctx.enc.path), "pretrained": ctx.pretrained,
+            "input": [int(d) for d in ctx.enc.input_shape[1:]], "stages": stages}
     files["plan.json"] = plan_mod.dumps(plan)
     return files, plan
 
 
 def build_all(net_path, method, variants, opts, method_options):
     """Everything to write, as {relative path: text}; the analysis; the plans."""
-    if opts.weights is not None and not os.path.isfile(opts.weights):
-        raise ReconDecError(f"{opts.weights}: --weights file does not exist")
+    if opts.weights is not None:
+        protos.check_caffemodel_file(values.check_in_file(opts.weights, "--weights", "caffemodel"))
     shape = None
     if opts.input_size or opts.deploy_batch:
         n, c, h, w = input_shape_of(protos.load_net(net_path), net_path)
@@ -86,6 +91,7 @@ def build_all(net_path, method, variants, opts, method_options):
     defaults = {k: v for k, v in method.data_defaults.items() if getattr(opts.data, k) is None}
     if defaults:
         opts = dataclasses.replace(opts, data=dataclasses.replace(opts.data, **defaults))
+    check_data(opts.data, enc.input_shape)
     ctx = methods.Context(enc, opts, method_options, os.path.abspath(opts.weights) if opts.weights else None,
                           method)
     built = method.build(ctx, variants)
@@ -98,26 +104,95 @@ def build_all(net_path, method, variants, opts, method_options):
     return enc, files, plans
 
 
-def generate(net_path, variants, out_dir, options=None, method=methods.DEFAULT, method_options=None):
+def generate(net_path, variants, out_dir, options=None, method=methods.DEFAULT, method_options=None,
+             force=False, check=True):
     """Builds every net of ``method`` for ``variants`` (its variant names,
-    or ["all"]) and writes them under ``out_dir``. Returns a dict: encoder
-    (the analysis), analysis (text), files (absolute paths written), out_dir,
-    plans ({variant directory: absolute plan.json path})."""
+    or ["all"]) and writes them under ``out_dir``, as a whole or not at all:
+    the tree is written beside ``out_dir``, every net is built by Caffe
+    (``check``; in a child process), and only then is it renamed into place.
+    An existing non-empty ``out_dir`` is refused unless ``force`` (replaced
+    as a whole) or it already holds exactly these files (nothing is written:
+    a re-run of the same command). Returns a dict: encoder (the analysis),
+    analysis (text), files (absolute paths), out_dir, plans ({variant
+    directory: absolute plan.json path}), unchanged (True when nothing was
+    written), drawn (with --draw)."""
     opts = options or Options()
     m = methods.get(method) if isinstance(method, str) else method
     mo = method_options if method_options is not None else m.options()
+    out_dir = values.check_out_dir(out_dir)
     enc, files, plans = build_all(os.fspath(net_path), m, expand_variants(m, variants), opts, mo)
-    out_dir = os.path.abspath(out_dir)
-    written = []
-    for rel, text in files.items():  # only now, after everything validated
-        path = os.path.join(out_dir, rel)
-        atomic.write_text(path, text)
-        written.append(path)
-    result = {"encoder": enc, "analysis": enc.describe(), "files": written, "out_dir": out_dir,
+    nets = [rel for rel in files if _is_net(rel)]
+    result = {"encoder": enc, "analysis": enc.describe(), "out_dir": out_dir, "unchanged": False,
+              "files": [os.path.join(out_dir, rel) for rel in files],
               "plans": {v: os.path.join(out_dir, v, "plan.json") for v in plans}}
-    if opts.draw:
-        result["drawn"] = draw([p for p in written if p.endswith(".prototxt") and "solver" not in p])
+    if not force and atomic.tree_state(out_dir) == "full":
+        if not _holds(out_dir, files, nets if opts.draw else ()):
+            raise ReconDecError(f"{out_dir}: --out exists and holds other files; choose a new directory, "
+                                "or --force to replace it as a whole")
+        result["unchanged"] = True
+        if opts.draw:
+            result["drawn"] = [os.path.join(out_dir, _png(rel)) for rel in nets]
+        return result
+    try:
+        with atomic.atomic_tree(out_dir, replace=force) as tmp:
+            atomic.write_files(tmp, files)
+            if check:
+                check_nets(enc, files, nets, os.fspath(net_path))
+            if opts.draw:
+                drawn = draw([os.path.join(tmp, rel) for rel in nets])
+                result["drawn"] = [os.path.join(out_dir, os.path.relpath(p, tmp)) for p in drawn]
+    except atomic.TreeExists:
+        raise ReconDecError(f"{out_dir}: --out appeared meanwhile and is not empty; nothing written") from None
     return result
+
+
+def _is_net(rel):
+    return rel.endswith(".prototxt") and not os.path.basename(rel).startswith("solver")
+
+
+def _png(rel):
+    return rel[: -len(".prototxt")] + ".png"
+
+
+def _holds(out_dir, files, drawn):
+    """True when ``out_dir`` already holds every one of ``files`` with the
+    same content (and the drawings of ``drawn``)."""
+    for rel, text in files.items():
+        try:
+            with open(os.path.join(out_dir, rel), encoding="utf-8") as f:
+                if f.read() != text:
+                    return False
+        except (OSError, ValueError):
+            return False
+    return all(os.path.isfile(os.path.join(out_dir, _png(rel))) for rel in drawn)
+
+
+def _source_of(enc, net_path):
+    """Generated layer name -> (the deploy file, the name there) for the
+    layers that come from (or mirror) one of its layers."""
+    names = {e.name: e.source_name for e in enc.layers}
+
+    def find(layer):
+        base = layer[len(RESERVED_PREFIX):] if layer.startswith(RESERVED_PREFIX) else layer
+        base = re.sub(r"-(pre|body|post)$", "", re.split(r"[/\[@]", base)[0])
+        for cand in (layer, base):
+            if cand in names:
+                return net_path, names[cand]
+        return None
+    return find
+
+
+def check_nets(enc, files, nets, net_path):
+    """Every generated net built by Caffe (one child process, data layers
+    as Input layers at batch 1); ReconDecError naming the deploy's layer, or
+    the generated file's, that Caffe rejects."""
+    seen, todo = set(), []
+    find = _source_of(enc, net_path)
+    for rel in nets:
+        if files[rel] not in seen:  # train_val.prototxt repeats the last stage's net
+            seen.add(files[rel])
+            todo.append(netcheck.Net(rel, files[rel], find))
+    netcheck.check_nets(todo, enc.input_shape)
 
 
 def expand_variants(method, variants):
@@ -199,28 +274,53 @@ def readme(ctx, method, built, plans, files):
 
 # --------------------------------------------------------------------------
 # command line
-STAGE_FLAGS = (("base_lr", "--base-lr", float), ("max_iter", "--max-iter", int), ("batch", "--batch", int),
-               ("iter_size", "--iter-size", int), ("weight_decay", "--weight-decay", float),
-               ("lr_policy", "--lr-policy", str), ("stepsize", "--stepsize", int),
-               ("gamma", "--gamma", float), ("snapshot", "--snapshot", int),
-               ("random_seed", "--random-seed", int))
+def _text(x, flag):
+    if not x.strip():
+        raise ReconDecError(f"{flag}: empty value")
+    return x.strip()
+
+
+def _pos_float(x, flag):
+    return values.check_float(x, flag, 0, values.FLT_MAX, low_open=True)
+
+
+def _nonneg_float(x, flag):
+    return values.check_float(x, flag, 0, values.FLT_MAX)
+
+
+def _pos_int(x, flag):
+    return values.check_int(x, flag, 1)
+
+
+def _nonneg_int(x, flag):
+    return values.check_int(x, flag, 0)
+
+
+def _seed(x, flag):
+    return values.check_int(x, flag, -1, 2 ** 63 - 1)
+
+
+STAGE_FLAGS = (("base_lr", "--base-lr", _pos_float), ("max_iter", "--max-iter", _pos_int),
+               ("batch", "--batch", _pos_int), ("iter_size", "--iter-size", _pos_int),
+               ("weight_decay", "--weight-decay", _nonneg_float),
+               ("lr_policy", "--lr-policy", _text), ("stepsize", "--stepsize", _nonneg_int),
+               ("gamma", "--gamma", _pos_float), ("snapshot", "--snapshot", _nonneg_int),
+               ("random_seed", "--random-seed", _seed))
 assert {k for k, _, _ in STAGE_FLAGS} | {"momentum"} == set(SETTINGS)
 
 
-def per_stage(values, cast, flag, keys):
-    """["1e-4", "2=1e-8", "recon=5"] -> {"all": 1e-4, "2": 1e-8, "recon": 5}."""
+def per_stage(items, cast, flag, keys):
+    """["1e-4", "2=1e-8", "recon=5"] -> {"all": 1e-4, "2": 1e-8, "recon": 5}.
+    ``cast(text, flag)`` converts and checks one value."""
     out = {}
-    for v in values or []:
+    for v in items or []:
         if "=" in v:
             key, x = (s.strip() for s in v.split("=", 1))
             if key not in keys and key != "all":
                 raise ReconDecError(f"{flag}: stage {key!r} is not one of {', '.join(keys)} or all")
         else:
             key, x = "all", v
-        try:
-            out[key] = cast(x)
-        except ValueError:
-            raise ReconDecError(f"{flag}: {x!r} is not a valid value") from None
+        out[key] = cast(x, flag if "=" not in v else f"{flag} {key}={x}")
     return out
 
 
@@ -229,9 +329,40 @@ def _scale_range(text):
         lo, hi = (int(x) for x in text.split(","))
     except ValueError:
         raise ReconDecError(f"--scale-range: {text!r} is not MIN,MAX") from None
-    if not 0 < lo <= hi:
-        raise ReconDecError(f"--scale-range: need 0 < MIN <= MAX, got {text!r}")
+    if not 0 < lo <= hi <= values.MAX_IMAGE_SIDE:
+        raise ReconDecError(f"--scale-range: need 0 < MIN <= MAX <= {values.MAX_IMAGE_SIDE}, got {text!r}")
     return lo, hi
+
+
+def check_data(spec, input_shape):
+    """The data options against each other and the net's input (N, C, H, W):
+    values Caffe would abort on, or that would train another net than the
+    one analysed."""
+    _, _, h, w = input_shape
+    crop = h if spec.crop is None else spec.crop
+    if crop and (crop != h or crop != w):
+        raise ReconDecError(f"--crop: {crop} differs from the net's input {h}x{w}; the nets are built for "
+                            f"{h}x{w} (change the input with --input-size, or --crop 0 for images of that size)")
+    if spec.kind == "scale-jitter":
+        if not crop:
+            raise ReconDecError("--crop: 0 with --data scale-jitter, which always crops")
+        lo, _ = spec.scale_range
+        if spec.square_size is not None and spec.square_size < crop:
+            raise ReconDecError(f"--square-size: {spec.square_size} is smaller than the {crop}x{crop} crop")
+        if spec.square_size is None and lo < crop:
+            raise ReconDecError(f"--scale-range: the shorter edge {lo} is smaller than the {crop}x{crop} crop")
+        if spec.square_size is None and spec.test_size < crop:
+            raise ReconDecError(f"--test-size: {spec.test_size} is smaller than the {crop}x{crop} crop")
+    if spec.kind == "imagelist" and spec.resize and crop and spec.resize < crop:
+        raise ReconDecError(f"--resize: {spec.resize} is smaller than the {crop}x{crop} crop")
+
+
+def check_stage_settings(st, method):
+    """A stage's merged solver settings (defaults and overrides)."""
+    s = st.settings
+    if s.get("lr_policy") == "step" and int(s.get("stepsize") or 0) < 1:
+        raise ReconDecError(f"--stepsize: stage {st.id} uses lr_policy step and needs a stepsize >= 1 "
+                            f"(method {method.name})")
 
 
 def options_from_args(a, method):
@@ -242,10 +373,7 @@ def options_from_args(a, method):
             stage[key] = per
     mean = None
     if a.mean is not None:
-        try:
-            mean = tuple(float(x) for x in a.mean.split(",") if x.strip())
-        except ValueError:
-            raise ReconDecError(f"--mean: {a.mean!r} is not a comma-separated list of numbers") from None
+        mean = values.numbers(a.mean, "--mean")
     data = D.DataSpec(kind=a.data, train_source=a.train_source, val_source=a.val_source,
                       root_folder=a.root_folder, resize=a.resize, scale_range=_scale_range(a.scale_range),
                       test_size=a.test_size, square_size=a.square_size, threads=a.threads, mean=mean,
@@ -271,7 +399,11 @@ def register(subparsers):
     p.add_argument("--variant", action="append", required=True,
                    help="a variant of the method, or all (repeatable); "
                         + "; ".join(f"{n}: {', '.join(m.variants)}" for n, m in sorted(all_methods.items())))
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--out", required=True,
+                   help="output directory; written as a whole or not at all (an existing non-empty one "
+                        "is refused unless --force)")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing --out as a whole (its old files are removed)")
     p.add_argument("--weights", help="pretrained caffemodel of the classifier (must exist)")
     p.add_argument("--data", choices=list(D.KINDS), default="lmdb",
                    help="data layer: Caffe's LMDB Data layer, ImageData list, or our "
@@ -279,26 +411,27 @@ def register(subparsers):
                         "default lmdb)")
     p.add_argument("--scale-range", default="256,512",
                    help="scale-jitter: MIN,MAX of the random shorter edge in TRAIN (default 256,512)")
-    p.add_argument("--test-size", type=int, default=256, help="scale-jitter: shorter edge in TEST (default 256)")
-    p.add_argument("--square-size", type=int,
+    p.add_argument("--test-size", type=values.arg_int(1, values.MAX_IMAGE_SIDE), default=256,
+                   help="scale-jitter: shorter edge in TEST (default 256)")
+    p.add_argument("--square-size", type=values.arg_int(1, values.MAX_IMAGE_SIDE),
                    help="scale-jitter: AlexNet mode, centre square resized to NxN (e.g. 256)")
-    p.add_argument("--threads", type=int, default=4, help="scale-jitter: decoding threads per batch")
+    p.add_argument("--threads", type=values.arg_int(1, 256), default=4, help="scale-jitter: decoding threads per batch")
     p.add_argument("--train-source", help="training LMDB directory or image list")
     p.add_argument("--val-source", help="validation LMDB / list; adds a TEST phase with top-1/top-5 accuracy")
     p.add_argument("--root-folder", default="", help="imagelist: folder the list's paths are relative to")
-    p.add_argument("--resize", type=int, default=0, help="imagelist: resize images to NxN before cropping (0: keep)")
+    p.add_argument("--resize", type=values.arg_int(0, values.MAX_IMAGE_SIDE), default=0, help="imagelist: resize images to NxN before cropping (0: keep)")
     p.add_argument("--mean", help="mean values B,G,R (or one value for grayscale); default VGG's for 3 channels")
-    p.add_argument("--scale", type=float,
+    p.add_argument("--scale", type=values.arg_float(0, values.FLT_MAX, low_open=True),
                    help="transform_param scale applied after mean subtraction (default 1, or the method's)")
-    p.add_argument("--crop", type=int, help="crop size (default: the input size; 0: no cropping)")
+    p.add_argument("--crop", type=values.arg_int(0, values.MAX_IMAGE_SIDE), help="crop size (default: the input size; 0: no cropping)")
     p.add_argument("--no-mirror", action="store_true", help="no random mirroring in TRAIN")
-    p.add_argument("--input-size", type=int, help="override the input height = width of the deploy file")
-    p.add_argument("--deploy-batch", type=int, help="batch of the generated deploy nets (default the source's)")
+    p.add_argument("--input-size", type=values.arg_int(1, values.MAX_IMAGE_SIDE), help="override the input height = width of the deploy file")
+    p.add_argument("--deploy-batch", type=values.arg_int(1), help="batch of the generated deploy nets (default the source's)")
     p.add_argument("--batch", action="append", help="training batch per stage (defaults: see README)")
     p.add_argument("--iter-size", action="append", help="gradient accumulation per stage")
-    p.add_argument("--test-batch", type=int, default=10, help="TEST batch (default 10)")
-    p.add_argument("--test-iter", type=int, default=100, help="TEST iterations per test (default 100)")
-    p.add_argument("--test-interval", type=int, default=5000, help="iterations between tests (default 5000)")
+    p.add_argument("--test-batch", type=values.arg_int(1), default=10, help="TEST batch (default 10)")
+    p.add_argument("--test-iter", type=values.arg_int(1), default=100, help="TEST iterations per test (default 100)")
+    p.add_argument("--test-interval", type=values.arg_int(1), default=5000, help="iterations between tests (default 5000)")
     p.add_argument("--base-lr", action="append", help="solver base_lr per stage (defaults: see README)")
     p.add_argument("--max-iter", action="append", help="iterations per stage, e.g. 2=20000")
     p.add_argument("--weight-decay", action="append", help="weight decay per stage")
@@ -326,11 +459,14 @@ def _cmd(args):
             if other != method.name and getattr(args, dest, None) is not None:
                 raise ReconDecError(f"{flag} is an option of --method {other}, not of {method.name}")
     result = generate(args.net, args.variant, args.out, options_from_args(args, method), method,
-                      method.options(args))
+                      method.options(args), force=args.force)
     print(result["analysis"])
     requested = expand_variants(method, args.variant)
     for v, p in result["plans"].items():
         if v in requested:
             print(f"{v}: {p}")
-    print(f"wrote {len(result['files'])} files under {result['out_dir']} (see README.md)")
+    if result["unchanged"]:
+        print(f"{result['out_dir']} already holds these {len(result['files'])} files: nothing written")
+    else:
+        print(f"wrote {len(result['files'])} files under {result['out_dir']} (see README.md)")
     return 0
