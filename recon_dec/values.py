@@ -80,6 +80,8 @@ def numbers(text, flag):
     for x in str(text).split(","):
         if x.strip():
             out.append(check_float(x.strip(), flag))
+    if not out:
+        raise ReconDecError(f"{flag}: no numbers in {text!r}")
     return tuple(out)
 
 

@@ -4,6 +4,7 @@ resumably, with a manifest (count, SHA-256) that ``verify_lmdb`` re-checks.
 
 The manifest lives inside the LMDB directory as ``recon_dec_manifest.json``
 (Caffe ignores files it does not know)."""
+import contextlib
 import hashlib
 import json
 import os
@@ -52,12 +53,32 @@ def decode_bytes(data, flag, what):
     if _truncated(data):
         raise ReconDecError(f"{what}: the image is truncated (its data ends before the end marker)")
     try:
-        img = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+        with _quiet_stderr():  # libjpeg/libpng print their own warnings
+            img = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
     except cv2.error as e:
         raise ReconDecError(f"{what}: OpenCV cannot decode the image ({_cv_reason(e)})") from None
     if img is None or img.size == 0:
         raise ReconDecError(f"{what}: not a readable image (OpenCV cannot decode it)")
     return img
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """File descriptor 2 to /dev/null for the block: C libraries' own
+    messages would add lines to our one-line errors."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        os.close(null)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _cv_reason(e):

@@ -204,17 +204,9 @@ def run_stage(plan_path, stage, gpu=None, progress=True, caffe=None):
               "training it again from the newest intact snapshot", file=sys.stderr)
         os.replace(output, output + ".damaged")
     cwd = plan["_dir"]
-    solver_path = plans.path(plan, st["solver"])
-    solver = protos.read_solver(solver_path)
-    net_rel = st.get("train_net") or solver.net or solver.train_net
-    net_path = plans.path(plan, net_rel) if net_rel else None
-    net = protos.read_net(net_path) if net_path else None
+    solver_path, solver, net_path, net, max_iter = check_stage(plan, st)
     if net is not None:
         _check_sources(net, net_path, cwd, net_input(plan))
-    if st.get("max_iter") and solver.max_iter and int(st["max_iter"]) != solver.max_iter:
-        raise ReconDecError(f"{solver_path}: max_iter is {solver.max_iter} but the plan says "
-                            f"{st['max_iter']} for stage {sid}")
-    max_iter = int(st.get("max_iter") or solver.max_iter)
     resume = newest_snapshot(plan, st, warn=True)
     cmd = [caffe or caffe_binary(), "train", "-solver", solver_path]
     weights, origin = None, {}
@@ -362,8 +354,37 @@ def _explain(fatal, rc, log_path, origin):
     return f"{log_path}: caffe train failed: {fatal}"
 
 
+def check_stage(plan, st):
+    """What can be checked of a stage before anything runs: its solver and
+    net parse, and the plan agrees with the solver on max_iter, the snapshot
+    prefix and so the output. Returns (solver path, solver, net path, net,
+    max_iter)."""
+    sid = st["id"]
+    solver_path = plans.path(plan, st["solver"])
+    solver = protos.read_solver(solver_path)
+    net_rel = st.get("train_net") or solver.net or solver.train_net
+    net_path = plans.path(plan, net_rel) if net_rel else None
+    net = protos.read_net(net_path) if net_path else None
+    if st.get("max_iter") and solver.max_iter and int(st["max_iter"]) != solver.max_iter:
+        raise ReconDecError(f"{solver_path}: max_iter is {solver.max_iter} but the plan says "
+                            f"{st['max_iter']} for stage {sid}")
+    max_iter = int(st.get("max_iter") or solver.max_iter)
+    if max_iter < 1:
+        raise ReconDecError(f"{solver_path}: max_iter must be >= 1 (stage {sid})")
+    prefix = os.path.normpath(plans.path(plan, st["snapshot_prefix"]))
+    if solver.snapshot_prefix and os.path.normpath(os.path.join(plan["_dir"], solver.snapshot_prefix)) != prefix:
+        raise ReconDecError(f"{solver_path}: snapshot_prefix is '{solver.snapshot_prefix}' but the plan says "
+                            f"'{st['snapshot_prefix']}' for stage {sid}")
+    if os.path.normpath(plans.stage_output(plan, sid)) != os.path.normpath(f"{prefix}_iter_{max_iter}.caffemodel"):
+        raise ReconDecError(f"{plan['_path']}: stage {sid}'s output '{st['output']}' is not what Caffe writes "
+                            f"('{st['snapshot_prefix']}_iter_{max_iter}.caffemodel')")
+    return solver_path, solver, net_path, net, max_iter
+
+
 def run_all(plan_path, gpu=None, progress=True, caffe=None):
     plan = plans.load(plan_path)
+    for s in plan["stages"]:  # a broken later stage stops us before the first trains
+        check_stage(plan, s)
     outs = []
     for s in plan["stages"]:
         outs.append(run_stage(plan_path, s["id"], gpu=gpu, progress=progress, caffe=caffe))
