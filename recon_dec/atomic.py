@@ -56,36 +56,37 @@ def tree_state(path):
 
 
 @contextmanager
+def _temporarily(change, undo, errors):
+    """``old = change()`` for the block, then ``undo(old)``; nothing when
+    ``change`` raises one of ``errors`` (e.g. not the main thread)."""
+    try:
+        old = change()
+    except errors:
+        old = None
+    try:
+        yield
+    finally:
+        if old is not None:
+            undo(old)
+
+
 def _signals_blocked():
     """SIGINT/SIGTERM wait until the block is done (the swap of two names
     must not stop half-way)."""
-    sigs = {signal.SIGINT, signal.SIGTERM}
-    try:
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
-    except (AttributeError, ValueError, OSError):
-        old = None
-    try:
-        yield
-    finally:
-        if old is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    return _temporarily(lambda: signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM}),
+                        lambda old: signal.pthread_sigmask(signal.SIG_SETMASK, old),
+                        (AttributeError, ValueError, OSError))
 
 
-@contextmanager
+def _stop(signum, frame):
+    raise KeyboardInterrupt("terminated")
+
+
 def _sigterm_interrupts():
     """SIGTERM raises KeyboardInterrupt (as SIGINT does) inside the block,
     so that cleanup code runs; the previous handler is restored after."""
-    def stop(signum, frame):
-        raise KeyboardInterrupt("terminated")
-    try:
-        old = signal.signal(signal.SIGTERM, stop)
-    except ValueError:  # not the main thread: leave signals alone
-        old = None
-    try:
-        yield
-    finally:
-        if old is not None:
-            signal.signal(signal.SIGTERM, old)
+    return _temporarily(lambda: signal.signal(signal.SIGTERM, _stop),
+                        lambda old: signal.signal(signal.SIGTERM, old), ValueError)
 
 
 def _mode_dir(path):
