@@ -328,3 +328,79 @@ def test_quotes_in_sources_accepted(tmp_path):
     assert rc == 0, err
     net = protos.read_net(str(out / "baseline" / "train_val.prototxt"))
     assert net.layer[0].image_data_param.source == str(src)
+
+
+# --------------------------------------------------------------------------
+# interrupts at a (seeded) random point of a stage, of the driver or of caffe
+def _caffe_pid(driver, timeout=30):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == driver and "caffe" in (stat.parent / "comm").read_text():
+                return int(stat.parent.name)
+        time.sleep(0.05)
+    raise AssertionError("caffe did not start")
+
+
+def _gone(pid, timeout=60):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        try:
+            state = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return
+        if state == "Z":
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"process {pid} still runs")
+
+
+def _weights(path):
+    m = protos.read_caffemodel(str(path))
+    return {l.name: [np.asarray(b.data) for b in l.blobs] for l in m.layer if l.blobs}
+
+
+ITERS = 500
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name)
+@pytest.mark.parametrize("who", ["driver", "caffe"])
+def test_interrupt_then_rerun_equals_uninterrupted(tmp_path, dbs, sig, who):
+    """Whatever is stopped, and however, a re-run finishes with the weights of
+    an uninterrupted run from the snapshot the interruption left."""
+    import random
+    at = random.Random(f"{sig.name}-{who}").randrange(60, 400, 5)   # a logged iteration
+    run_dir, ref_dir = tmp_path / "run", tmp_path / "ref"
+    plan = _train_plan(run_dir, dbs, iters=ITERS, snapshot=100)
+    p = subprocess.Popen([PY, "-m", "recon_dec.cli", "train", plan, "--stage", "2", "--no-progress"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    caffe = _caffe_pid(p.pid)
+    _wait_iteration(run_dir / "logs" / "step2.log", at)
+    os.kill(p.pid if who == "driver" else caffe, sig)
+    _, err = p.communicate(timeout=120)
+    _gone(caffe)
+    assert "Traceback" not in err and len(err.strip().splitlines()) <= 1, err
+    state = {"_dir": str(run_dir)}
+    snap = train.newest_snapshot(state, {"snapshot_prefix": "snapshots/step2"})
+    if snap and snap[0] == ITERS:
+        pytest.skip("the stage finished before the signal")
+    if who == "driver" or sig == signal.SIGINT:  # caffe snapshots where it stopped
+        assert snap and snap[0] >= at, (snap, at)
+    ref_plan = _train_plan(ref_dir, dbs, iters=ITERS, snapshot=100)
+    if snap:
+        (ref_dir / "snapshots").mkdir()
+        for ext in (".caffemodel", ".solverstate"):
+            shutil.copy(snap[1][: -len(".solverstate")] + ext, ref_dir / "snapshots")
+    for plan_path in (plan, ref_plan):
+        rc, err, _ = run(["train", plan_path, "--stage", "2", "--no-progress"])
+        assert rc == 0, err
+    got = _weights(run_dir / "snapshots" / f"step2_iter_{ITERS}.caffemodel")
+    want = _weights(ref_dir / "snapshots" / f"step2_iter_{ITERS}.caffemodel")
+    assert got.keys() == want.keys()
+    for name in got:
+        for a, b in zip(got[name], want[name]):
+            assert np.array_equal(a, b), name

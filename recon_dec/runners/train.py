@@ -159,8 +159,11 @@ class _Progress:
         self.last = initial
         self.heads = {}
         self.ips = None
+        self.stopped_early = False
 
     def line(self, line):
+        if "Optimization stopped early" in line:
+            self.stopped_early = True
         m = logs.ITERATION.search(line)
         if m:
             it = int(m.group(1))
@@ -308,7 +311,11 @@ def run_stage(plan_path, stage, gpu=None, progress=True, caffe=None):
                             f"training diverged (learning rate too high for this net?); stopped, "
                             f"nothing written beyond the earlier snapshots")
     if rc != 0:
-        raise ReconDecError(_explain(fatal, rc, log_path, origin))
+        raise ReconDecError(_explain(fatal, rc, log_path, origin, newest_snapshot(plan, st)))
+    if not os.path.isfile(output) and bar.stopped_early:  # caffe got a SIGINT of its own
+        snap = newest_snapshot(plan, st)
+        raise KeyboardInterrupt(f"stage {sid}: caffe was stopped at {'iteration %d' % snap[0] if snap else 'the start'}"
+                                f" (a signal from outside); rerun to resume")
     if not os.path.isfile(output):
         raise ReconDecError(f"{plan['_path']}: stage {sid} finished but its output "
                             f"{st['output']} was not written (does the solver's max_iter / "
@@ -342,16 +349,25 @@ def _float(text):
         return math.nan
 
 
-def _explain(fatal, rc, log_path, origin):
+def _explain(fatal, rc, log_path, origin, resume_at=None):
     if not fatal:
-        return f"{log_path}: caffe train exited with status {rc}"
+        at = f"iteration {resume_at[0]}" if resume_at else "the start"
+        if rc < 0:
+            try:
+                sig = signal.Signals(-rc).name
+            except ValueError:
+                sig = f"signal {-rc}"
+            return (f"{log_path}: caffe was stopped by {sig} (from outside: killed, out of memory?); "
+                    f"rerun to resume from {at}")
+        return f"{log_path}: caffe train exited with status {rc} without saying why; rerun to resume from {at}"
     m = re.search(r"Cannot copy param (\d+) weights from layer '([^']+)'; (shape mismatch)\."
                   r"\s*Source param shape is ([^;]*?); target param shape is (.*?)\.", fatal)
     if m:
         w = origin.get(m.group(2), "weights")
         return (f"{w}: layer '{m.group(2)}': param {m.group(1)} shape mismatch "
                 f"(weights {m.group(4).strip()}, net {m.group(5).strip()})")
-    return f"{log_path}: caffe train failed: {fatal}"
+    from ..caffe_io.netcheck import translate
+    return f"{log_path}: caffe train failed: {translate(fatal)}"
 
 
 def check_stage(plan, st):
