@@ -18,7 +18,7 @@ from ..caffe_io import netcheck, protos
 from ..errors import ReconDecError
 from ..graph import data_layers as D
 from ..graph.builder import RESERVED_PREFIX
-from ..graph.encoder import input_shape_of, load_encoder
+from ..graph.encoder import input_shape_of
 from ..graph.solver import SETTINGS, solver_message, stage_output
 from . import plan as plan_mod
 
@@ -87,7 +87,7 @@ def build_all(net_path, method, variants, opts, method_options):
         if opts.input_size:
             h = w = opts.input_size
         shape = (opts.deploy_batch or n, c, h, w)
-    enc = load_encoder(net_path, shape, method.encoder_types, method.needs_convolution)
+    enc = method.analyse(net_path, shape)
     defaults = {k: v for k, v in method.data_defaults.items() if getattr(opts.data, k) is None}
     if defaults:
         opts = dataclasses.replace(opts, data=dataclasses.replace(opts.data, **defaults))
@@ -375,6 +375,7 @@ def options_from_args(a, method):
     if a.mean is not None:
         mean = values.numbers(a.mean, "--mean")
     data = D.DataSpec(kind=a.data, train_source=a.train_source, val_source=a.val_source,
+                      labeled_source=a.labeled_source,
                       root_folder=a.root_folder, resize=a.resize, scale_range=_scale_range(a.scale_range),
                       test_size=a.test_size, square_size=a.square_size, threads=a.threads, mean=mean,
                       scale=a.scale, crop=a.crop, mirror=False if a.no_mirror else None,
@@ -417,6 +418,9 @@ def register(subparsers):
                    help="scale-jitter: AlexNet mode, centre square resized to NxN (e.g. 256)")
     p.add_argument("--threads", type=values.arg_int(1, 256), default=4, help="scale-jitter: decoding threads per batch")
     p.add_argument("--train-source", help="training LMDB directory or image list")
+    p.add_argument("--labeled-source",
+                   help="LMDB of the labeled images, for methods that train on a labeled and an unlabeled "
+                        "stream (--train-source then holds the unlabeled images)")
     p.add_argument("--val-source", help="validation LMDB / list; adds a TEST phase with top-1/top-5 accuracy")
     p.add_argument("--root-folder", default="", help="imagelist: folder the list's paths are relative to")
     p.add_argument("--resize", type=values.arg_int(0, values.MAX_IMAGE_SIDE), default=0, help="imagelist: resize images to NxN before cropping (0: keep)")
@@ -450,6 +454,16 @@ def register(subparsers):
         m.add_arguments(g)
         owned[name] = [(a.dest, a.option_strings[0]) for a in g._group_actions[before:]]
     p.set_defaults(func=_cmd, method_flags=owned)
+
+
+def main(argv):
+    """``recon-dec generate ARGV`` in-process, for experiments; errors are
+    raised as ReconDecError."""
+    import argparse
+    p = argparse.ArgumentParser(prog="recon-dec")
+    register(p.add_subparsers(dest="command", required=True))
+    a = p.parse_args(["generate", *argv])
+    return a.func(a)
 
 
 def _cmd(args):
