@@ -3,7 +3,7 @@ relative to the plan's directory, where ``recon-dec train`` runs caffe."""
 from ..caffe_io.protos import pb2
 from ..errors import ReconDecError
 
-POLICIES = ("fixed", "step", "exp", "inv")
+POLICIES = ("fixed", "step", "exp", "inv", "poly")
 DISPLAY = 20
 # Keys of a stage's solver settings (a method gives every one a default)
 SETTINGS = ("batch", "iter_size", "base_lr", "lr_policy", "gamma", "stepsize", "max_iter",
@@ -25,12 +25,14 @@ def solver_message(net, settings, snapshot_prefix, test_iter=None, test_interval
     if policy not in POLICIES:
         raise ReconDecError(f"--lr-policy: {policy!r} is not one of {', '.join(POLICIES)}")
     s.lr_policy = policy
-    if policy != "fixed":
+    if policy not in ("fixed", "poly"):
         s.gamma = _g(settings["gamma"])
     if policy == "step":
         s.stepsize = int(settings["stepsize"])
     if policy == "inv":
         s.power = 0.75
+    if policy == "poly":  # base_lr (1 - iter/max_iter)^power: power 1 decays linearly to 0
+        s.power = _g(settings.get("power", 1.0))
     s.momentum = _g(settings["momentum"])
     kind = settings.get("type", "SGD")
     if kind not in SOLVER_TYPES:

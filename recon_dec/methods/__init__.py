@@ -14,7 +14,7 @@ from .base import Context, Init, Method, Stage, Variant
 __all__ = ["Context", "Init", "Method", "Stage", "Variant", "register", "get", "all_methods"]
 
 # modules of the methods that ship with recon-dec; each calls register()
-BUILTIN = ("swwae", "autoencoder", "inversion")
+BUILTIN = ("swwae", "autoencoder", "inversion", "ladder")
 DEFAULT = "swwae"
 _registry = {}
 

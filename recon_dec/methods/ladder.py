@@ -1,0 +1,446 @@
+"""Ladder networks (../shared/papers/002, Algorithm 1; PAPER_FACTS 2: the
+choices of the authors' official code) for an MLP given as a plain deploy
+prototxt (InnerProduct layers, ReLU after every hidden one, the last one
+feeding the softmax). The method inserts everything the ladder needs:
+
+- two encoder passes over one set of weights (Caffe parameter sharing by
+  name): the clean pass keeps the deploy's layer names, the corrupted pass
+  is ``noisy/<layer>``. In each layer z = batchnorm(W h) with batch
+  statistics (BatchStats + Normalize, no bias: beta takes its place), in
+  the corrupted pass z~ = z + N(0, sigma^2) (and x~ = x + noise on the
+  input), then h = relu(z + beta) for hidden layers, logits =
+  gamma * (z + beta) on the softmax top (Bias and Scale layers, shared);
+- the labeled and the unlabeled rows (one batch: labeled first) normalised
+  with separate batch statistics (Slice, BatchStats + Normalize per half,
+  Concat), as the official code; running statistics (TEST, deploy) from the
+  clean labeled half (moving average fraction 0.9, unbiased variance);
+- a decoder on the unlabeled rows with its own weights V: u = batchnorm of
+  the corrupted softmax output at the top, u = batchnorm(V zhat) below (no
+  scale/shift), zhat = g(z~, u) (LadderCombinator, "gauss"), zhat_BN =
+  zhat normalised with the clean unlabeled batch mean and variance (no
+  gradient through them), denoising cost lambda_l ||z - zhat_BN||^2 / width
+  averaged over the unlabeled rows (EuclideanLoss, weight 2 lambda / width;
+  the input level is not normalised);
+- supervised cross-entropy on the corrupted output of the labeled rows only;
+  TEST and the deploy net: the clean pass on the running statistics.
+
+Variants: ``full`` (every level's cost), ``gamma`` (the Gamma-model: the top
+cost only) and ``supervised`` (the control: the same encoder on the labeled
+stream alone, layer noise 0.5 as the official baseline, no decoder).
+Stages ``train`` (Adam 0.002, fixed) and ``decay`` (linearly to 0, from the
+first stage's weights and running statistics)."""
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from ..errors import ReconDecError, where
+from ..graph import builder
+from ..graph import layers as L
+from ..graph.data_layers import data_layers
+from ..values import numbers
+from . import register
+from .base import Init, Method, Stage, Variant
+
+ENCODER_TYPES = {"InnerProduct", "ReLU"}
+NOISY = "noisy/"                 # prefix of the corrupted pass
+STREAMS = ("labeled", "unlabeled")
+RUNNING_FRACTION = 0.9           # the official code's running average: 0.1 of each new batch
+INPUT_NOISE = 0.3                # the official --super-noise-std
+SUPERVISED_NOISE = 0.5           # the official baselines' --f-local-noise-std
+PARAM_TYPES = ("InnerProduct", "Bias", "Scale", "BatchStats", "LadderCombinator")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """lambda_0, lambda_1 and the lambda of every higher layer; the
+    Gamma-model's top lambda; the layer noise of the full ladder."""
+    lambdas: tuple
+    gamma_lambda: float
+    layer_noise: float
+
+
+# the official README's MNIST commands (run.py train ...)
+PRESETS = {"100": Preset((1000.0, 10.0, 0.1), 0.5, 0.3),
+           "1000": Preset((2000.0, 20.0, 0.1), 10.0, 0.2),
+           "all": Preset((1000.0, 1.0, 0.01), 2.0, 0.3),
+           "50": Preset((2000.0, 20.0, 0.1), 0.5, 0.3)}   # Gamma at 50 labels: not published, 100's
+ADAM = dict(type="Adam", momentum=0.9, momentum2=0.999, delta=1e-8)
+_STAGE = dict(ADAM, batch=100, iter_size=1, base_lr=0.002, gamma=0.1, stepsize=0, weight_decay=0.0,
+              snapshot=10000, random_seed=-1)
+# 150 epochs of 600 iterations (60,000 unlabeled / 100), decay from 67%
+STAGE_DEFAULTS = {"train": dict(_STAGE, lr_policy="fixed", max_iter=60000),
+                  "decay": dict(_STAGE, lr_policy="poly", max_iter=30000)}
+PROVENANCE = """\
+| setting | value | source |
+|---|---|---|
+| order in a layer | z = BN(W h) (batch statistics, eps 1e-10), z~ = z + noise, h = relu(z + beta); top: softmax(gamma (z + beta)) | the official code (`ladder.py`, `top_c`) |
+| statistics | labeled and unlabeled rows normalised separately; running statistics from the clean labeled half, moving average 0.1 of each batch (`moving_average_fraction` 0.9), unbiased variance | the official code |
+| noise | input 0.3 (`--input-noise-std`); layers 0.3, 0.2 with preset 1000 (full ladder), 0.5 for `supervised` (`--noise-std`) | the official README's commands |
+| decoder | u = BN(softmax output~) at the top, BN(V zhat) below, no scale/shift; combinator "gauss", a2 = a7 = 1, others 0 | the official code |
+| denoising cost | lambda_l mean_n \\|\\|z - zhat_BN\\|\\|^2 / width over the unlabeled rows, zhat_BN with the clean unlabeled mean and variance | the official code (`zestbn bugfix`); no gradient through those statistics: **our choice** (the brief; Theano differentiates through them) |
+| lambda presets (`--lambdas-preset`) | 100: 1000, 10, 0.1...; 1000: 2000, 20, 0.1...; all: 1000, 1, 0.01...; 50: 2000, 20, 0.1...; Gamma: 0.5 / 10 / 2 (50: 0.5) | the official README (Gamma at 50 labels: **our choice**) |
+| weights | W and V gaussian, std 1/sqrt(fan-in); no biases (beta); gamma 1, beta 0 | the official code (`randn / sqrt(in_dim)`) |
+| solver | Adam lr 0.002 (beta1 0.9, beta2 0.999), batch 100 labeled + 100 unlabeled (`--batch` sets both) | the official code |
+| schedule | `train` 60000 iterations fixed, then `decay` 30000 iterations linearly to 0 (`poly`, power 1) from `train`'s weights: 150 epochs of MNIST's 60,000, decay from 67% | the official code; Adam's moments restart at the second stage: **our choice** (two stages) |
+"""
+
+
+@dataclass
+class Options:
+    preset: str = "100"
+    lambdas: tuple = None          # lambda_0..lambda_L (gamma: one value, or the list's last)
+    noise_std: float = None        # layer noise; None: the preset's / variant's
+    input_noise_std: float = None  # None: 0.3
+
+
+@dataclass
+class Level:
+    """A layer of the ladder: ``name`` (the deploy's inner product, or "data"
+    for the input), its width, its ReLU (an analysed layer) or None."""
+    name: str
+    width: int
+    relu: object = None
+    source_name: str = None
+
+
+def levels_of(enc):
+    """[input level, one Level per inner product]; one-line errors for a
+    chain the ladder cannot take."""
+    n = 1
+    for d in enc.input_shape[1:]:
+        n *= d
+    out = [Level("data", n)]
+    for e in enc.layers:
+        if e.type == "InnerProduct":
+            if e.name.startswith(NOISY):
+                raise ReconDecError(where(enc.path, e.source_name) + f"names starting with '{NOISY}' are "
+                                    "reserved for the corrupted pass; rename the layer")
+            out.append(Level(e.name, e.out_shape[0], None, e.source_name))
+        else:   # ReLU: the analysis puts a parameterised layer before it
+            out[-1].relu = e
+    if len(out) < 2:
+        raise ReconDecError(f"{enc.path}: no InnerProduct layer")
+    for lv in out[1:-1]:
+        if lv.relu is None:
+            raise ReconDecError(where(enc.path, lv.source_name) + "a hidden layer without a ReLU after it "
+                                "(the ladder's hidden layers are relu(z + beta))")
+    if out[-1].relu is not None:
+        raise ReconDecError(where(enc.path, out[-1].relu.source_name) + "a ReLU after the output layer "
+                            f"'{out[-1].source_name}', which feeds the softmax")
+    return out
+
+
+# --------------------------------------------------------------------------
+# layers
+def _stats(name, bottom, tops, fraction=None, global_stats=None):
+    l = L.layer(name, "BatchStats", [bottom], list(tops))
+    if fraction is not None:
+        l.batch_stats_param.moving_average_fraction = fraction
+    if global_stats is not None:
+        l.batch_stats_param.use_global_stats = global_stats
+    return l
+
+
+def _normalize(name, x, mean, var, top, stats_gradient=True):
+    l = L.layer(name, "Normalize", [x, mean, var], [top])
+    if not stats_gradient:
+        l.propagate_down.extend([True, False, False])
+    return l
+
+
+def _noise(name, bottom, top, std):
+    l = L.layer(name, "GaussianNoise", [bottom], [top])
+    l.gaussian_noise_param.std = std
+    return l
+
+
+def _normalised(n, x, at, noise, fraction=None, global_stats=None):
+    """``x`` normalised with its batch statistics (BatchStats
+    ``<n>/stats<at or @labeled>``: TEST and the deploy read the labeled
+    half's running statistics under that name), + noise when given, into
+    ``<n>/z<at>``."""
+    mean, var, z = f"{n}/mean{at}", f"{n}/var{at}", f"{n}/z{at}"
+    out = [_stats(f"{n}/stats{at or '@labeled'}", x, [mean, var], fraction, global_stats)]
+    if noise is None:
+        return out + [_normalize(f"{n}/bn{at}", x, mean, var, z)]
+    return out + [_normalize(f"{n}/bn{at}", x, mean, var, f"{n}/bn{at}"),
+                  _noise(f"{n}/noise{at}", f"{n}/bn{at}", z, noise)]
+
+
+def _bn_split(p, name, noise, fraction):
+    """TRAIN: ``<p><name>`` sliced into the labeled and unlabeled halves,
+    each normalised with its own batch statistics (+ noise), concatenated
+    again into ``<p><name>/z``."""
+    n = p + name
+    sl = L.layer(f"{n}/split", "Slice", [n], [f"{n}@{s}" for s in STREAMS])
+    sl.slice_param.axis = 0      # two equal halves (both streams read --batch rows)
+    out = [sl]
+    for s in STREAMS:
+        out += _normalised(n, f"{n}@{s}", f"@{s}", noise, fraction if s == "labeled" else None)
+    cat = L.layer(f"{n}/z/concat", "Concat", [f"{n}/z@{s}" for s in STREAMS], [f"{n}/z"])
+    cat.concat_param.axis = 0
+    return out + [cat]
+
+
+def _bn_whole(p, name, noise, fraction=None, global_stats=None):
+    """``<p><name>`` normalised with the statistics of the whole batch (one
+    stream; in TEST, the running statistics)."""
+    return _normalised(p + name, p + name, "", noise, fraction, global_stats)
+
+
+def _linear(p, lv, bottom, fan_in):
+    """W h without bias, weights shared by name between the passes."""
+    return L.ip_layer(p + lv.name, bottom, p + lv.name, lv.width, params=(L.Param(1.0, 1.0, f"{lv.name}#0"),),
+                      std=_g(1.0 / math.sqrt(fan_in)), bias=False)
+
+
+def _activation(p, lv, top):
+    """relu(z + beta), or the logits gamma (z + beta) of the top layer."""
+    n = p + lv.name
+    beta = L.set_params(L.layer(f"{n}/beta", "Bias", [f"{n}/z"], [f"{n}/beta" if top else f"{n}/h"]),
+                        [L.Param(1.0, 0.0, f"{lv.name}/beta#0")])
+    if top:
+        gamma = L.set_params(L.layer(f"{n}/gamma", "Scale", [f"{n}/beta"], [f"{n}/logits"]),
+                             [L.Param(1.0, 0.0, f"{lv.name}/gamma#0")])
+        return [beta, gamma]
+    relu = L.relu(f"{n}/relu", f"{n}/h")
+    if lv.relu.param.HasField("relu_param"):   # a leaky ReLU's negative_slope
+        relu.relu_param.CopyFrom(lv.relu.param.relu_param)
+    return [beta, relu]
+
+
+def _train(layers):
+    return [L.phase_only(l, "TRAIN") for l in layers]
+
+
+def encoder_pass(levels, prefix, input_blob, bn):
+    """One encoder pass: ``bn(prefix, level)`` -> the normalisation layers
+    of a level (writing ``<prefix><name>/z``). Returns the layers; the
+    output is ``<prefix><top>/logits``."""
+    out, h = [], input_blob
+    for i, lv in enumerate(levels[1:], 1):
+        out.append(_linear(prefix, lv, h, levels[i - 1].width))
+        out += bn(prefix, lv)
+        out += _activation(prefix, lv, top=i == len(levels) - 1)
+        h = f"{prefix}{lv.name}/h"
+    return out
+
+
+def deploy_pass(levels, input_blob="data"):
+    """The clean pass on running statistics (TEST phase, deploy)."""
+    return encoder_pass(levels, "", input_blob, lambda p, lv: _bn_whole(p, lv.name, None, global_stats=True))
+
+
+def decoder(levels, lambdas, lowest):
+    """The decoder from the top down to level ``lowest`` on the unlabeled
+    rows, with a denoising cost at every level whose lambda is > 0."""
+    out, top = [], len(levels) - 1
+    for l in range(top, lowest - 1, -1):
+        lv = levels[l]
+        m = f"dec:{lv.name}"
+        if l == top:
+            out.append(L.layer(f"{m}/softmax", "Softmax", [f"{NOISY}{lv.name}/logits@unlabeled"], [f"{m}/prob"]))
+            pre = f"{m}/prob"
+        else:
+            above = levels[l + 1]
+            out.append(L.ip_layer(f"{m}/V", f"dec:{above.name}/zhat", f"{m}/Vz", lv.width, params=(L.WEIGHT,),
+                                  std=_g(1.0 / math.sqrt(above.width)), bias=False))
+            pre = f"{m}/Vz"
+        out += [_stats(f"{m}/u/stats", pre, [f"{m}/u/mean", f"{m}/u/var"]),
+                _normalize(f"{m}/u/bn", pre, f"{m}/u/mean", f"{m}/u/var", f"{m}/u")]
+        if l == 0:
+            out.append(L.layer("data/unlabeled/noisy/flat", "Flatten", ["data/unlabeled/noisy"],
+                               ["data/unlabeled/noisy/flat"]))
+            corrupted, target, zhat_bn = "data/unlabeled/noisy/flat", "data/unlabeled", f"{m}/zhat"
+        else:
+            corrupted, target = f"{NOISY}{lv.name}/z@unlabeled", f"{lv.name}/z@unlabeled"
+            zhat_bn = f"{m}/zhat/bn"
+        out.append(L.layer(f"{m}/g", "LadderCombinator", [corrupted, f"{m}/u"], [f"{m}/zhat"]))
+        if lambdas[l] > 0:
+            if l > 0:
+                out.append(_normalize(zhat_bn, f"{m}/zhat", f"{lv.name}/mean@unlabeled",
+                                      f"{lv.name}/var@unlabeled", zhat_bn, stats_gradient=False))
+            out.append(L.euclidean_loss(f"dec:loss@{lv.name}", zhat_bn, target,
+                                        _g(2.0 * lambdas[l] / lv.width)))
+    return out
+
+
+def _g(x):
+    return float(f"{x:.6g}")
+
+
+def accuracy_heads(out_blob, classes):
+    """TEST: the clean pass's cross-entropy and top-1 (top-5 with > 5 classes) accuracy."""
+    heads = [L.phase_only(L.layer("loss/test", "SoftmaxWithLoss", [out_blob, "label"], ["loss/test"]), "TEST")]
+    for k in (1, 5) if classes > 5 else (1,):
+        a = L.phase_only(L.layer(f"accuracy/top-{k}", "Accuracy", [out_blob, "label"], [f"accuracy/top-{k}"]), "TEST")
+        if k != 1:
+            a.accuracy_param.top_k = k
+        heads.append(a)
+    return heads
+
+
+# --------------------------------------------------------------------------
+class Ladder(Method):
+    name = "ladder"
+    help = ("ladder networks (Rasmus et al. 2015, Algorithm 1 with the official code's choices): clean and "
+            "corrupted MLP passes sharing weights, a denoising decoder, the Gamma-model and a supervised control")
+    variants = ("full", "gamma", "supervised")
+    stage_defaults = STAGE_DEFAULTS
+    provenance = PROVENANCE
+    encoder_types = ENCODER_TYPES
+    needs_convolution = False
+    data_defaults = {"scale": 1.0 / 255, "crop": 0, "mirror": False}   # inputs in [0, 1]
+
+    def add_arguments(self, g):
+        g.add_argument("--lambdas-preset", choices=sorted(PRESETS),
+                       help="denoising cost weights of the official MNIST commands for 100 (default), 1000, "
+                            "all or 50 labels")
+        g.add_argument("--lambdas", help="lambda_0,...,lambda_L: input level first, one per layer (the "
+                                         "Gamma-model takes one value, or the list's last)")
+        g.add_argument("--noise-std", type=float, help="noise std after every layer's normalisation (default 0.3; "
+                                                       "0.2 for full with --lambdas-preset 1000; 0.5 for supervised)")
+        g.add_argument("--input-noise-std", type=float, help="noise std on the input (default 0.3)")
+
+    def options(self, args=None):
+        if args is None:
+            return Options()
+        return check(Options(preset=args.lambdas_preset or "100",
+                             lambdas=numbers(args.lambdas, "--lambdas") if args.lambdas is not None else None,
+                             noise_std=args.noise_std, input_noise_std=args.input_noise_std))
+
+    def build(self, ctx, variants):
+        mo = check(ctx.method_options)
+        spec = ctx.options.data
+        if not spec.labeled_source:
+            raise ReconDecError("--labeled-source: the labeled LMDB is needed (the unlabeled one is --train-source)")
+        if not spec.train_source and any(v != "supervised" for v in variants):
+            raise ReconDecError("--train-source: the unlabeled LMDB is needed (variants full and gamma)")
+        if ctx.pretrained:
+            raise ReconDecError("--weights: the ladder trains from its fillers (its layers have no biases and "
+                                "carry batch normalisation, so a classifier's caffemodel does not fit)")
+        levels = levels_of(ctx.enc)
+        return [self._variant(ctx, mo, levels, v) for v in variants]
+
+    # ----------------------------------------------------------------------
+    def _variant(self, ctx, mo, levels, variant):
+        lambdas = lambdas_for(mo, variant, levels, ctx.enc.path)
+        noise = noise_for(mo, variant)
+        lam = ", ".join(f"{x:g}" for x in lambdas) if lambdas else "none"
+        what = f"{variant}: lambda {lam}; noise input {noise[0]:g}, layers {noise[1]:g}"
+        train, decay = (ctx.settings(k) for k in ("train", "decay"))
+        train_net, decay_net = (self._layers(ctx, levels, variant, lambdas, noise, s["batch"]) for s in (train, decay))
+        params = []    # every layer with blobs: weights, beta/gamma, combinators, running statistics
+        for l in train_net:
+            if l.type in PARAM_TYPES and l.name not in params:
+                params.append(l.name)
+        stages = [Stage("train", "train", f"{what}; Adam lr {train['base_lr']:g}", builder.net(variant, train_net),
+                        train, dir="train"),
+                  Stage("decay", "decay", "the same net, the learning rate linearly to 0 (from train's weights)",
+                        builder.net(variant, decay_net), decay, dir="decay", init=[Init("@stage:train", params)],
+                        requires=["train"])]
+        deploy = [ctx.input_layer()] + deploy_pass(levels) + [builder.softmax(f"{levels[-1].name}/logits")]
+        return Variant(variant, stages, builder.net(f"{variant}-deploy", deploy), what)
+
+    def _layers(self, ctx, levels, variant, lambdas, noise, batch):
+        spec, shape = ctx.options.data, ctx.enc.input_shape
+        top = levels[-1].name
+        test = bool(spec.val_source)
+        layers = []
+        if variant == "supervised":
+            layers += data_layers(dataclasses.replace(spec, train_source=spec.labeled_source), shape, batch)
+            layers += _train([_noise("data/noise", "data", "data/noisy", noise[0])])
+            clean = encoder_pass(levels, "", "data", lambda p, lv: _bn_whole(p, lv.name, None, RUNNING_FRACTION))
+            noisy = encoder_pass(levels, NOISY, "data/noisy", lambda p, lv: _bn_whole(p, lv.name, noise[1]))
+            ce = L.layer("loss", "SoftmaxWithLoss", [f"{NOISY}{top}/logits", "label"], ["loss"])
+            ce.loss_weight.append(1.0)
+            rest = [ce]
+        else:
+            for s in STREAMS:
+                source = spec.labeled_source if s == "labeled" else spec.train_source
+                d = data_layers(dataclasses.replace(spec, train_source=source, val_source=None), shape, batch)[0]
+                d.name = f"data/{s}"
+                d.top[:] = [f"data/{s}", "label" if s == "labeled" else f"label/{s}"]
+                layers.append(d)
+            layers.append(L.phase_only(L.silence("label/unlabeled/silence", ["label/unlabeled"]), "TRAIN"))
+            layers += _train([_noise(f"data/{s}/noise", f"data/{s}", f"data/{s}/noisy", noise[0]) for s in STREAMS])
+            for top_blob, suffix in (("data", ""), ("data/noisy", "/noisy")):   # labeled rows first
+                cat = L.layer(f"{top_blob}/concat", "Concat", [f"data/{s}{suffix}" for s in STREAMS], [top_blob])
+                cat.concat_param.axis = 0
+                layers.append(L.phase_only(cat, "TRAIN"))
+            if test:
+                layers += data_layers(spec, shape, batch, phases=["TEST"])
+
+            def clean_bn(p, lv):
+                out = _train(_bn_split(p, lv.name, None, RUNNING_FRACTION))
+                return out + ([L.phase_only(l, "TEST") for l in _bn_whole(p, lv.name, None)] if test else [])
+
+            clean = encoder_pass(levels, "", "data", clean_bn)
+            noisy = encoder_pass(levels, NOISY, "data/noisy", lambda p, lv: _bn_split(p, lv.name, noise[1], None))
+            sl = L.layer(f"{NOISY}{top}/logits/split", "Slice", [f"{NOISY}{top}/logits"],
+                         [f"{NOISY}{top}/logits@{s}" for s in STREAMS])
+            sl.slice_param.axis = 0
+            ce = L.layer("loss", "SoftmaxWithLoss", [f"{NOISY}{top}/logits@labeled", "label"], ["loss"])
+            ce.loss_weight.append(1.0)
+            lowest = min(l for l, x in enumerate(lambdas) if x > 0)
+            rest = [sl, ce] + decoder(levels, lambdas, lowest)
+        layers += clean + _train(noisy) + _train(rest)
+        layers.append(L.phase_only(L.silence(f"{top}/logits/silence", [f"{top}/logits"]), "TRAIN"))
+        if test:
+            layers += accuracy_heads(f"{top}/logits", levels[-1].width)
+        return layers
+
+    def readme(self, ctx, variants):
+        return ["The clean pass keeps the deploy's layer names, the corrupted pass is `noisy/<layer>` (the same "
+                "weights, by parameter name); `<layer>/z@labeled|unlabeled` are the normalised halves, "
+                "`<layer>/stats@labeled` holds the running statistics TEST and the deploy net use; the decoder is "
+                "`dec:<layer>/...` (`V`, `u`, `g` the combinator, `zhat`), its costs `dec:loss@<layer>` "
+                "(already weighted: 2 lambda / width). Stage `decay` starts from `train`'s weights and running "
+                "statistics; the official code's final re-estimation of the statistics over the training set "
+                "is not done.", ""]
+
+
+def lambdas_for(mo, variant, levels, path):
+    """The lambda of every level (input first) of ``variant``; () for the
+    supervised control."""
+    n = len(levels)
+    if variant == "supervised":
+        return ()
+    if variant == "gamma":
+        top = mo.lambdas[-1] if mo.lambdas is not None else PRESETS[mo.preset].gamma_lambda
+        if mo.lambdas is not None and len(mo.lambdas) not in (1, n):
+            raise ReconDecError(f"--lambdas: {len(mo.lambdas)} values; the Gamma-model takes one value or {n} "
+                                f"(lambda_0..lambda_{n - 1} of {path}, the last used)")
+        if not top > 0:
+            raise ReconDecError(f"--lambdas: the Gamma-model's top lambda is {top:g}; it must be positive")
+        return (0.0,) * (n - 1) + (top,)
+    if mo.lambdas is None:
+        p = PRESETS[mo.preset].lambdas
+        return (p[0],) + (p[1],) + (p[2],) * (n - 2)
+    if len(mo.lambdas) != n:
+        raise ReconDecError(f"--lambdas: {len(mo.lambdas)} values for the {n} levels of {path} "
+                            f"(lambda_0 for the input, then one per InnerProduct layer)")
+    if not any(x > 0 for x in mo.lambdas):
+        raise ReconDecError("--lambdas: every lambda is 0 (the supervised control is --variant supervised)")
+    return tuple(mo.lambdas)
+
+
+def noise_for(mo, variant):
+    """(input noise std, layer noise std) of ``variant``."""
+    layer = {"full": PRESETS[mo.preset].layer_noise, "gamma": 0.3, "supervised": SUPERVISED_NOISE}[variant]
+    return (INPUT_NOISE if mo.input_noise_std is None else mo.input_noise_std,
+            layer if mo.noise_std is None else mo.noise_std)
+
+
+def check(o):
+    if o.preset not in PRESETS:
+        raise ReconDecError(f"--lambdas-preset: {o.preset!r} is not one of {', '.join(PRESETS)}")
+    if o.lambdas is not None and any(x < 0 for x in o.lambdas):
+        raise ReconDecError(f"--lambdas: {','.join(f'{x:g}' for x in o.lambdas)}: every lambda must be >= 0")
+    for flag, x in (("--noise-std", o.noise_std), ("--input-noise-std", o.input_noise_std)):
+        if x is not None and not 0 <= x < math.inf:
+            raise ReconDecError(f"{flag}: {x:g} is not a finite std >= 0")
+    return o
+
+
+register(Ladder())
