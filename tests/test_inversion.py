@@ -127,3 +127,20 @@ def test_unsupported_layers_are_named(tmp_path, capsys):
                    "semi", "--out", str(tmp_path / "out"), "--train-source", "/y"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "--labeled-source: the labeled LMDB is needed" in err
+
+
+@pytest.mark.parametrize("model", ["resnet2_32_mean", "smallcnn_max"])
+def test_generate_builds_every_net(model, tmp_path, caffe):
+    """generate builds every net in Caffe before writing (the training net
+    slices the batch at the labeled rows: checked at its real batch)."""
+    out = tmp_path / "out"
+    assert cli.main(["generate", "--method", "inversion", "--net", str(MODELS / f"{model}.prototxt"),
+                     "--variant", "all", "--out", str(out), "--labeled-source", "/l", "--train-source", "/u",
+                     "--val-source", "/t", "--labeled-batch", "20", "--batch", "30"]) == 0
+    layers = {l.name: l for l in protos.read_net(str(out / "semi" / "train" / "train_val.prototxt")).layer}
+    assert list(layers["logits/slice"].slice_param.slice_point) == [20]
+    assert layers["loss"].loss_weight[0] == pytest.approx(0.7)
+    assert layers["loss/entropy"].loss_weight[0] == pytest.approx(0.3 * 0.8)
+    assert layers["dec:loss@data"].loss_weight[0] == pytest.approx(0.3 * 0.2 * 2 / 784)
+    sup = {l.type for l in protos.read_net(str(out / "supervised" / "train" / "train_val.prototxt")).layer}
+    assert "EntropyLoss" not in sup and "Deconvolution" not in sup and "Threshold" not in sup

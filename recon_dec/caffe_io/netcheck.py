@@ -78,13 +78,28 @@ def _constant_fillers(msg):
                 _constant_fillers(v)
 
 
+SMALL_INPUT = 1 << 22   # floats: below this a data layer keeps its own batch
+
+
+def _batch(l, chw):
+    """The batch a data layer is checked at: its own when the input is small
+    (a Slice or Concat over the batch axis depends on it), else 1."""
+    for field in ("data_param", "image_data_param", "scale_jitter_data_param"):
+        if l.HasField(field):
+            n = getattr(l, field).batch_size
+            return n if 0 < n and n * chw <= SMALL_INPUT else 1
+    return 1
+
+
 def checkable(text, label, input_shape):
     """The net of ``text`` as Caffe gets it here: data layers -> Input of
-    ``input_shape`` (N, C, H, W; the label tops (1,)), batch 1, constant fillers."""
+    ``input_shape`` (N, C, H, W; the label tops (N,)), N the layer's batch
+    for small inputs and 1 for large ones, constant fillers."""
     net = parse_net(text, label)
     _, c, h, w = input_shape
     for l in net.layer:
         if is_data_layer(l):
+            n = _batch(l, c * h * w)
             tops = list(l.top)
             keep = pb2().LayerParameter()
             keep.name, keep.type = l.name, "Input"
@@ -92,7 +107,7 @@ def checkable(text, label, input_shape):
             keep.include.extend(l.include)
             keep.exclude.extend(l.exclude)
             for i, _ in enumerate(tops):
-                keep.input_param.shape.add().dim.extend([1, c, h, w] if i == 0 else [1])
+                keep.input_param.shape.add().dim.extend([n, c, h, w] if i == 0 else [n])
             l.CopyFrom(keep)
         elif l.type == "Input":
             for s in l.input_param.shape:
@@ -232,6 +247,9 @@ TRANSLATIONS = [
     (r"top_k must be less than or equal to the number of classes",
      lambda m: "top-k accuracy with k larger than the number of classes"),
     (r"Cannot use GPU in CPU-only Caffe", lambda m: "this Caffe was built without CUDA (CPU only)"),
+    (r"(height|width) <= (datum|img)_(height|width) \((\d+) vs\. (\d+)\)",
+     lambda m: f"an image of the data set is smaller than the {m.group(4)}-pixel crop ({m.group(1)} {m.group(5)})"),
+    (r"Could not open or find file|Could not load", lambda m: "an image file of the list could not be read"),
     (r"produced by multiple sources", lambda m: "two layers write the same blob"),
     (r"Duplicate blobs produced", lambda m: "two layers write the same blob"),
 ]
@@ -245,11 +263,12 @@ def translate(reason):
         m = re.search(pattern, reason)
         if m:
             return say(m)
-    m = re.match(r"Check failed: (.*?)(?: \(([^()]*) vs\. ([^()]*)\))?\s*(.*)$", reason)
+    m = re.match(r"Check failed: (.*?) \(([^()]*) vs\. ([^()]*)\)\s*(.*)$", reason) or \
+        re.match(r"Check failed: (\S+)()()\s*(.*)$", reason)
     if m:
         cond, a, b, tail = m.groups()
         if tail:
             return tail.rstrip(".")
-        vs = f" ({a} vs. {b})" if a is not None else ""
+        vs = f" ({a} vs. {b})" if a else ""
         return f"Caffe's check {cond}{vs} fails"
     return reason

@@ -29,6 +29,11 @@ class Node:
     def type(self):
         return self.param.type
 
+    @property
+    def source_name(self):
+        """The name in the deploy file (layer names are kept)."""
+        return self.param.name
+
 
 @dataclass
 class Graph:
@@ -41,6 +46,11 @@ class Graph:
     @property
     def output_blob(self):
         return self.nodes[-1].param.top[0]
+
+    @property
+    def layers(self):
+        """The nodes, under the chain analysis' name (generic code reads it)."""
+        return self.nodes
 
     @property
     def param_layers(self):
