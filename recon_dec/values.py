@@ -100,14 +100,14 @@ def _nearest_existing(path):
 def _check_parent_writable(path, flag):
     parent = _nearest_existing(os.path.dirname(os.path.abspath(path)))
     if not os.path.isdir(parent):
-        raise ReconDecError(f"{flag}: {path}: {parent} is not a directory")
+        raise ReconDecError(f"{path}: {parent} is not a directory ({flag})")
     import tempfile
     try:  # the real test (root passes every access() check)
         fd, probe = tempfile.mkstemp(prefix=".recon-dec-probe.", dir=parent)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise ReconDecError(f"{flag}: {path}: cannot write in {parent} ({e.strerror})") from None
+        raise ReconDecError(f"{path}: cannot write in {parent} ({e.strerror}; {flag})") from None
 
 
 def check_out_dir(path, flag="--out"):
@@ -117,7 +117,7 @@ def check_out_dir(path, flag="--out"):
         raise ReconDecError(f"{flag}: an output directory is needed (got an empty path)")
     path = os.fspath(path)
     if os.path.lexists(path) and not os.path.isdir(path):
-        raise ReconDecError(f"{flag}: {path} exists and is not a directory")
+        raise ReconDecError(f"{path}: exists and is not a directory ({flag})")
     _check_parent_writable(path, flag)
     return os.path.abspath(path)
 
@@ -129,9 +129,9 @@ def check_out_file(path, flag="--out"):
         raise ReconDecError(f"{flag}: an output file is needed (got an empty path)")
     path = os.fspath(path)
     if os.path.isdir(path):
-        raise ReconDecError(f"{flag}: {path} is a directory")
+        raise ReconDecError(f"{path}: is a directory ({flag})")
     if os.path.lexists(path) and not os.path.isfile(path):
-        raise ReconDecError(f"{flag}: {path} exists and is not a regular file")
+        raise ReconDecError(f"{path}: exists and is not a regular file ({flag})")
     _check_parent_writable(path, flag)
     return path
 
