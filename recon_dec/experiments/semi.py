@@ -19,6 +19,7 @@ from .. import atomic
 from ..caffe_io import logs
 from ..data import datasets
 from ..errors import ReconDecError
+from ..methods import inversion
 from ..runners import generate, plan as plans, train
 
 DEPLOY = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
@@ -133,7 +134,8 @@ def run_inversion(dataset, net, labels, seeds, alphas, betas, iters, out, sup_la
                        "--val-source", split.test, "--alpha", str(alpha), "--beta", str(beta),
                        "--labeled-batch", str(min(n, 50)), "--test-batch", str(TEST_BATCH),
                        "--test-iter", str(test // TEST_BATCH), "--test-interval", str(iters),
-                       "--max-iter", str(iters), "--random-seed", str(seed), "--solver-mode", "CPU"])
+                       "--max-iter", str(iters), "--random-seed", str(seed), "--solver-mode", "CPU",
+                       "--base-lr", f"train={inversion.paper_base_lr(net)}"])
         plan = os.path.join(d, variant, "plan.json")
         train.run_all(plan, progress=False)
         p = plans.load(plan)

@@ -15,6 +15,7 @@ concatenated for the network and sliced again for the losses; TEST reads
 ``--val-source`` with labels. Variants: ``semi`` (alpha, beta as given) and
 ``supervised`` (the control: alpha = 1, beta = 0, the labeled stream only)."""
 import dataclasses
+import os
 from dataclasses import dataclass
 
 from ..errors import ReconDecError
@@ -45,6 +46,13 @@ PROVENANCE = """\
 | iterations, weight decay | 10000, none | **our choice** |
 | inputs | scaled to [0, 1] | **our choice** |
 """
+
+
+def paper_base_lr(net_path):
+    """The appendix's Adam rate: 0.01 for SmallCNN, 0.01/3 for the residual
+    nets and LargeCNN (by the model file's name; 0.01 for any other net)."""
+    name = os.path.basename(str(net_path)).lower()
+    return 0.01 / 3 if ("resnet" in name or "largecnn" in name) else 0.01
 
 
 @dataclass
