@@ -4,6 +4,7 @@ directory that is then renamed over the target; and atomic trees
 (``atomic_tree``): a whole directory built beside its target and renamed
 into place."""
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -103,15 +104,16 @@ def atomic_tree(path, replace=False):
     ``replace`` (then it is swapped out and removed as a whole). On an
     exception, SIGINT or SIGTERM the temporary directory is removed and
     ``path`` is left as it was: readers see the old tree or the new one,
-    never a part (a SIGKILL can leave a ``.NAME.*.tmp`` directory beside
-    it, never a partial ``path``)."""
+    never a part (a SIGKILL can leave a ``.NAME.PID.*.tmp`` directory beside
+    it, never a partial ``path``; the next run removes it)."""
     path = os.path.abspath(os.fspath(path))
     if tree_state(path) == "full" and not replace:
         raise TreeExists(path)
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
+    _remove_orphans(path)
     with _sigterm_interrupts():
-        tmp = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=parent)
+        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.{os.getpid()}.", suffix=".tmp", dir=parent)
         try:
             _mode_dir(tmp)
             yield tmp
@@ -120,6 +122,27 @@ def atomic_tree(path, replace=False):
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+
+
+def _remove_orphans(path):
+    """Removes the temporary trees of ``path`` that a killed (SIGKILL) run
+    of this machine left: ``.NAME.PID.*.tmp`` whose PID no longer runs."""
+    parent, name = os.path.dirname(path), os.path.basename(path)
+    pattern = re.compile(re.escape(f".{name}.") + r"(\d+)\.[^/]*\.(tmp|old)$")
+    try:
+        entries = os.listdir(parent)
+    except OSError:
+        return
+    for e in entries:
+        m = pattern.match(e)
+        if not m or int(m.group(1)) == os.getpid():
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(parent, e), ignore_errors=True)
+        except (PermissionError, OverflowError):
+            pass
 
 
 def _swap_in(tmp, path, replace):
@@ -132,7 +155,8 @@ def _swap_in(tmp, path, replace):
     if _exchange(tmp, path):  # one step: tmp now holds the old tree
         shutil.rmtree(tmp, ignore_errors=True)
         return
-    old = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".", suffix=".old", dir=os.path.dirname(path))
+    old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.{os.getpid()}.", suffix=".old",
+                           dir=os.path.dirname(path))
     os.rename(path, os.path.join(old, "tree"))
     try:
         os.rename(tmp, path)

@@ -404,3 +404,23 @@ def test_interrupt_then_rerun_equals_uninterrupted(tmp_path, dbs, sig, who):
     for name in got:
         for a, b in zip(got[name], want[name]):
             assert np.array_equal(a, b), name
+
+
+def test_sigkilled_generate_leftovers_removed_by_next_run(tmp_path):
+    """A SIGKILL cannot be caught: its temporary tree may stay beside OUT,
+    never a partial OUT, and the next run removes it."""
+    out = tmp_path / "out"
+    p = subprocess.Popen([PY, "-m", "recon_dec.cli", "generate", "--net", SMALL, "--variant", "all",
+                          "--out", out], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.time()
+    while not leftovers(tmp_path) and time.time() - t0 < 60 and p.poll() is None:
+        time.sleep(0.02)
+    p.kill()
+    p.wait()
+    assert not out.exists() or (out / "README.md").is_file()
+    rc, err, _ = run(["generate", "--net", SMALL, "--variant", "baseline", "--no-recon", "--out",
+                      tmp_path / "out2"])
+    assert rc == 0, err
+    rc, err, _ = run(["generate", "--net", SMALL, "--variant", "all", "--out", out, "--force"])
+    assert rc == 0, err
+    assert not leftovers(tmp_path), leftovers(tmp_path)
