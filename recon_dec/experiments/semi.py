@@ -207,6 +207,7 @@ def _cmd(a):
         rows, best = run_inversion(a.dataset, os.path.abspath(net), labels, a.seeds, a.alphas, a.betas, a.iters, a.out)
         md = (f"{a.dataset}, {os.path.basename(net)}: deep-network inversion, {a.iters} Adam iterations, seeds "
               f"{a.seeds}; {time.time() - t0:.0f} s in all.\n\n" + inversion_table(rows, best, labels, 1000))
+        inversion_figure(a.out, a.dataset, rows, best)
         atomic.write_text(os.path.join(a.out, "results.json"), json.dumps(rows, indent=1))
         atomic.write_text(os.path.join(a.out, "results.md"), md + "\n")
         print(md)
@@ -311,3 +312,37 @@ def _save(fig, path):
         fig.savefig(tmp, format="png", dpi=90)
     plt.close(fig)
     return path
+
+
+def inversion_figure(out, dataset, rows, best, n=10):
+    """reconstructions.png: test images and (df/dx)^T f(x) of the best
+    cell's classifier (first seed), as the paper's Figures 1 and 3 (the
+    reconstruction is defined up to scale: each image is min-max scaled)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    r = next(x for x in rows if x["variant"] == "semi" and x["alpha"] == best["alpha"]
+             and x["beta"] == best["beta"])
+    p = plans.load(os.path.join(out, "runs", f"seed{r['seed']}", f"a{best['alpha']:g}-b{best['beta']:g}",
+                                "semi", "plan.json"))
+    ds = datasets.load(dataset)
+    images = ds.test_images[[int(np.flatnonzero(ds.test_labels == c)[0]) for c in range(ds.num_classes)][:n]]
+    net, rec = None, None
+    import caffe
+    caffe.set_mode_cpu()
+    net = caffe.Net(os.path.join(p["_dir"], "deploy.prototxt"), caffe.TEST,
+                    weights=plans.stage_output(p, p["stages"][-1]["id"]))
+    net.blobs["data"].reshape(len(images), 1, *images.shape[1:])
+    net.blobs["data"].data[:, 0] = images / 255.0
+    net.forward()
+    rec = net.blobs["dec:data"].data[:, 0]
+    lo, hi = rec.min(axis=(1, 2), keepdims=True), rec.max(axis=(1, 2), keepdims=True)
+    rec = (rec - lo) / np.maximum(hi - lo, 1e-12)
+    fig, axes = plt.subplots(2, n, figsize=(n * 0.9, 2.0))
+    for j in range(n):
+        for i, img in enumerate((images[j] / 255.0, rec[j])):
+            axes[i, j].imshow(img, cmap="gray", vmin=0, vmax=1)
+            axes[i, j].axis("off")
+    axes[0, 0].set_title("input", fontsize=7, loc="left")
+    axes[1, 0].set_title(f"(df/dx)^T f(x), alpha {best['alpha']:g} beta {best['beta']:g}", fontsize=7, loc="left")
+    return _save(fig, os.path.join(out, "reconstructions.png"))
