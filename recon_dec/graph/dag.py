@@ -10,24 +10,16 @@ from dataclasses import dataclass, field
 from ..caffe_io import protos
 from ..caffe_io.shapes import conv_geometry, conv_out, pool_geometry, pool_out, shape_text
 from ..errors import ReconDecError, where
-from .encoder import HEAD_TYPES, INPUT_TYPES, input_shape_of
+from .encoder import HEAD_TYPES, INPUT_TYPES, LayerView, input_shape_of
 
 DAG_TYPES = {"Convolution", "InnerProduct", "ReLU", "Pooling", "Eltwise"}
 
 
 @dataclass
-class Node:
+class Node(LayerView):
     param: object            # LayerParameter, blobs renamed
     in_shapes: list          # (C, H, W) or (D,) per bottom
     out_shape: tuple
-
-    @property
-    def name(self):
-        return self.param.name
-
-    @property
-    def type(self):
-        return self.param.type
 
     @property
     def source_name(self):

@@ -34,14 +34,8 @@ def reserved(name):
     return name in RESERVED_NAMES or name.startswith(RESERVED_PREFIXES)
 
 
-@dataclass
-class EncLayer:
-    """One encoder layer, renamed. ``param`` is its LayerParameter (names and
-    blobs rewritten); shapes are (C, H, W) without the batch axis, or (D,)."""
-    param: object
-    in_shape: tuple
-    out_shape: tuple
-    source_name: str  # the name in the input file, for error messages
+class LayerView:
+    """Name and type of a wrapped LayerParameter ``param``."""
 
     @property
     def name(self):
@@ -50,6 +44,16 @@ class EncLayer:
     @property
     def type(self):
         return self.param.type
+
+
+@dataclass
+class EncLayer(LayerView):
+    """One encoder layer, renamed. ``param`` is its LayerParameter (names and
+    blobs rewritten); shapes are (C, H, W) without the batch axis, or (D,)."""
+    param: object
+    in_shape: tuple
+    out_shape: tuple
+    source_name: str  # the name in the input file, for error messages
 
     @property
     def bottom(self):
