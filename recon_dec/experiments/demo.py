@@ -37,7 +37,6 @@ from .. import atomic, values
 from ..caffe_io import protos
 from ..data import mnist
 from ..data import store as data
-from ..errors import ReconDecError
 from ..graph.builder import IMAGE_TARGET
 from ..graph.data_layers import DataSpec
 from ..methods import swwae

@@ -4,6 +4,7 @@ learning-rate and decay multipliers and, for weights shared between layers
 from dataclasses import dataclass
 
 from ..caffe_io.protos import pb2
+from ..caffe_io.shapes import pool_geometry, unpool_out
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,24 @@ def ip_layer(name, bottom, top, num_output, params=(WEIGHT, BIAS), std=0.001, bi
     if transpose:
         ip.transpose = True
     return _filled(l, ip, params, std, bias)
+
+
+def unpooling(name, bottom, pool_param, in_shape, out_shape, pooled_from, switches=None, overlap_sum=False):
+    """Our Unpooling mirroring a max pool with ``pool_param`` that read
+    ``pooled_from`` (shape ``in_shape``, C x H x W) and wrote ``out_shape``:
+    KNOWN switches from the blob ``switches``, else FIXED; ``pooled_from`` as
+    an extra bottom only where Caffe's formula misses the size (ceil-mode
+    pooling of an odd size); ``overlap_sum``: overlapping windows summed."""
+    (kh, kw), (sh, sw), (ph, pw) = pool_geometry(pool_param)
+    l = layer(name, "Unpooling", [bottom] + ([switches] if switches else []), [name])
+    if (unpool_out(out_shape[1], kh, sh, ph), unpool_out(out_shape[2], kw, sw, pw)) != tuple(in_shape[1:]):
+        l.bottom.append(pooled_from)
+    l.pooling_param.CopyFrom(pool_param)
+    up = l.unpooling_param
+    up.switches = up.KNOWN if switches else up.FIXED
+    if overlap_sum:
+        up.overlap = up.SUM
+    return l
 
 
 def relu(name, blob):

@@ -16,7 +16,7 @@ backwards, every blob gets an adjoint ``dec:<blob>``:
   adjoints; an element-wise sum -> the same adjoint to each of its inputs.
 
 Layers whose transpose is not built here are refused with the layer named."""
-from ..caffe_io.shapes import conv_geometry, deconv_out, pool_geometry, shape_text, unpool_out
+from ..caffe_io.shapes import conv_geometry, deconv_out, pool_geometry, shape_text
 from ..errors import ReconDecError, where
 from . import layers as L
 
@@ -124,12 +124,8 @@ def _backward(g, n, grad, trainable):
         (kh, kw), (sh, sw), (ph, pw) = pool_geometry(pp)
         c, h, w = n.in_shapes[0]
         if pp.pool == pp.MAX:
-            u = L.layer(name, "Unpooling", [grad, n.param.top[1]], [name])
-            u.pooling_param.CopyFrom(pp)
-            u.unpooling_param.switches = u.unpooling_param.KNOWN
-            u.unpooling_param.overlap = u.unpooling_param.SUM
-            if (unpool_out(n.out_shape[1], kh, sh, ph), unpool_out(n.out_shape[2], kw, sw, pw)) != (h, w):
-                u.bottom.append(bottom)   # ceil-mode pooling: the size from the pooled blob
+            u = L.unpooling(name, grad, pp, n.in_shapes[0], n.out_shape, bottom, switches=n.param.top[1],
+                            overlap_sum=True)  # the exact gradient of overlapping max pooling
             u.propagate_down.extend([True, False] + ([False] if len(u.bottom) == 3 else []))
             return [(bottom, name, [u])]
         if ph or pw or (h - kh) % sh or (w - kw) % sw:

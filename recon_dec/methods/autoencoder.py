@@ -30,7 +30,7 @@ import copy
 import dataclasses
 from dataclasses import dataclass
 
-from ..caffe_io.shapes import conv_geometry, pool_geometry, unpool_out
+from ..caffe_io.shapes import conv_geometry
 from ..errors import ReconDecError, where
 from ..graph import builder
 from ..graph import layers as L
@@ -143,12 +143,8 @@ def mirror(enc, mo, u, in_blob, out_blob, act=None):
         pool, pp = u.pool, u.pool.param.pooling_param
         if pp.pool != pp.MAX:
             raise ReconDecError(where(enc.path, pool.source_name) + "only max pooling is mirrored (by unpooling)")
-        l = L.layer(f"dec:{pool.name}/unpool", "Unpooling", [blob, pool.param.top[1]], [f"dec:{pool.name}/unpool"])
-        (kh, kw), (sh, sw), (ph, pw) = pool_geometry(pp)
-        if (unpool_out(pool.out_shape[1], kh, sh, ph), unpool_out(pool.out_shape[2], kw, sw, pw)) != tuple(pool.in_shape[1:]):
-            l.bottom.append(pool.bottom)  # ceil-mode pooling: the size from the encoder's blob
-        l.pooling_param.CopyFrom(pp)
-        l.unpooling_param.switches = l.unpooling_param.KNOWN
+        l = L.unpooling(f"dec:{pool.name}/unpool", blob, pp, pool.in_shape, pool.out_shape, pool.bottom,
+                        switches=pool.param.top[1])
         out.append(l)
         blob = l.top[0]
     if p.type == "InnerProduct":

@@ -14,7 +14,7 @@ hard-coded VGG sizes, so any plain conv/pool/fc chain mirrors the same way."""
 import os
 from dataclasses import dataclass, field
 
-from ..caffe_io.shapes import conv_geometry, pool_geometry, unpool_out
+from ..caffe_io.shapes import conv_geometry
 from ..errors import ReconDecError, where
 from ..graph import builder
 from ..graph import layers as L
@@ -123,20 +123,9 @@ def _conv(name, type_, bottom, top, num_output, kernel, stride=(1, 1), pad=(0, 0
 
 def _unpool(macro, in_blob, mode):
     pool = macro.pool
-    pp = pool.param.pooling_param
-    name = f"dec:{pool.name.rsplit('/', 1)[0]}/unpool"
-    bottoms = [in_blob]
-    if mode == KNOWN:
-        bottoms.append(pool.param.top[1])  # the switches
-    (kh, kw), (sh, sw), (ph, pw) = pool_geometry(pp)
-    got = (unpool_out(pool.out_shape[1], kh, sh, ph), unpool_out(pool.out_shape[2], kw, sw, pw))
-    if got != tuple(pool.in_shape[1:]):
-        # ceil-mode pooling of an odd size: the encoder's pre-pool blob gives the size
-        bottoms.append(pool.bottom)
-    l = L.layer(name, "Unpooling", bottoms, [name])
-    l.pooling_param.CopyFrom(pp)
-    l.unpooling_param.switches = (l.unpooling_param.KNOWN if mode == KNOWN else l.unpooling_param.FIXED)
-    return l
+    return L.unpooling(f"dec:{pool.name.rsplit('/', 1)[0]}/unpool", in_blob, pool.param.pooling_param,
+                       pool.in_shape, pool.out_shape, pool.bottom,
+                       switches=pool.param.top[1] if mode == KNOWN else None)
 
 
 def _check_size(enc, conv, name, got):
