@@ -265,13 +265,7 @@ def figures(out, dataset, labels, seed=0, n=10):
         _, rec = _decode(deploy, weights, images)
         mse[name] = float(np.mean((rec - images / 255.0) ** 2))
         rows.append((name, rec))
-    fig, axes = plt.subplots(len(rows), n, figsize=(n * 0.9, len(rows) * 1.0))
-    for i, (title, imgs) in enumerate(rows):
-        for j in range(n):
-            axes[i, j].imshow(imgs[j], cmap="gray", vmin=0, vmax=1)
-            axes[i, j].axis("off")
-        axes[i, 0].set_title(title, fontsize=7, loc="left")
-    written.append(_save(fig, os.path.join(out, "reconstructions.png")))
+    written.append(_image_rows(rows, n, os.path.join(out, "reconstructions.png")))
     deploy, weights = _deploy_and_weights(out, seed, "plain", labels)
     net, _ = _decode(deploy, weights, images)
     w = net.params["encode1"][0].data[:64].reshape(64, *images.shape[1:])
@@ -294,15 +288,24 @@ def figures(out, dataset, labels, seed=0, n=10):
     filled[:, top:top + s, left:left + s] = rec[:, top:top + s, left:left + s]
     mse["context (patch)"] = float(np.mean((rec[:, top:top + s, left:left + s]
                                             - images[:, top:top + s, left:left + s] / 255.0) ** 2))
-    fig, axes = plt.subplots(3, n, figsize=(n * 0.9, 3.0))
-    for i, (title, imgs) in enumerate((("input", images / 255.0), ("patch removed", holed / 255.0),
-                                       ("inpainted", filled))):
+    written.append(_image_rows((("input", images / 255.0), ("patch removed", holed / 255.0),
+                                ("inpainted", filled)), n, os.path.join(out, "inpainting.png")))
+    return written, mse
+
+
+def _image_rows(rows, n, path):
+    """A PNG with one titled row of ``n`` grey images in [0, 1] per (title, images)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = list(rows)
+    fig, axes = plt.subplots(len(rows), n, figsize=(n * 0.9, len(rows) * 1.0))
+    for i, (title, imgs) in enumerate(rows):
         for j in range(n):
             axes[i, j].imshow(imgs[j], cmap="gray", vmin=0, vmax=1)
             axes[i, j].axis("off")
         axes[i, 0].set_title(title, fontsize=7, loc="left")
-    written.append(_save(fig, os.path.join(out, "inpainting.png")))
-    return written, mse
+    return _save(fig, path)
 
 
 def _save(fig, path):
@@ -318,16 +321,12 @@ def inversion_figure(out, dataset, rows, best, n=10):
     """reconstructions.png: test images and (df/dx)^T f(x) of the best
     cell's classifier (first seed), as the paper's Figures 1 and 3 (the
     reconstruction is defined up to scale: each image is min-max scaled)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     r = next(x for x in rows if x["variant"] == "semi" and x["alpha"] == best["alpha"]
              and x["beta"] == best["beta"])
     p = plans.load(os.path.join(out, "runs", f"seed{r['seed']}", f"a{best['alpha']:g}-b{best['beta']:g}",
                                 "semi", "plan.json"))
     ds = datasets.load(dataset)
     images = ds.test_images[[int(np.flatnonzero(ds.test_labels == c)[0]) for c in range(ds.num_classes)][:n]]
-    net, rec = None, None
     import caffe
     caffe.set_mode_cpu()
     net = caffe.Net(os.path.join(p["_dir"], "deploy.prototxt"), caffe.TEST,
@@ -338,11 +337,6 @@ def inversion_figure(out, dataset, rows, best, n=10):
     rec = net.blobs["dec:data"].data[:, 0]
     lo, hi = rec.min(axis=(1, 2), keepdims=True), rec.max(axis=(1, 2), keepdims=True)
     rec = (rec - lo) / np.maximum(hi - lo, 1e-12)
-    fig, axes = plt.subplots(2, n, figsize=(n * 0.9, 2.0))
-    for j in range(n):
-        for i, img in enumerate((images[j] / 255.0, rec[j])):
-            axes[i, j].imshow(img, cmap="gray", vmin=0, vmax=1)
-            axes[i, j].axis("off")
-    axes[0, 0].set_title("input", fontsize=7, loc="left")
-    axes[1, 0].set_title(f"(df/dx)^T f(x), alpha {best['alpha']:g} beta {best['beta']:g}", fontsize=7, loc="left")
-    return _save(fig, os.path.join(out, "reconstructions.png"))
+    return _image_rows((("input", images / 255.0),
+                        (f"(df/dx)^T f(x), alpha {best['alpha']:g} beta {best['beta']:g}", rec)),
+                       n, os.path.join(out, "reconstructions.png"))
