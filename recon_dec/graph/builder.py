@@ -23,7 +23,7 @@ def net(name, layers):
     return net_message(name, layers)
 
 
-def _layer_params(l, name, frozen, share):
+def _layer_params(l, name, frozen, share, bias):
     """The ParamSpecs of encoder layer ``name``: Caffe's usual multipliers,
     or all zero when frozen; named ``<share><name>#<i>`` when the weights are
     shared between passes."""
@@ -34,7 +34,7 @@ def _layer_params(l, name, frozen, share):
         n = 2 if fp.bias_term else 1
         if not fp.HasField("weight_filler"):  # training from scratch (no --weights)
             fp.weight_filler.type = "msra"
-        specs = [L.FROZEN] * n if frozen else [L.WEIGHT, L.BIAS][:n]
+        specs = [L.FROZEN] * n if frozen else [L.WEIGHT, bias][:n]
     elif t == "BatchNorm":
         specs = [L.FROZEN] * 3  # running statistics, never learned by SGD
         if frozen:
@@ -65,11 +65,12 @@ class EncoderPass:
     ``<relu>/mask`` (1 where the unit is active) after each ReLU.
     ``hook(enc_layer or None, blob) -> None | (layers, blob)``: called for
     the input (None) and after each encoder layer; returned layers are
-    inserted there and the next layer reads the returned blob."""
+    inserted there and the next layer reads the returned blob. ``bias``: the
+    ParamSpec of trainable conv/fc biases (Caffe's usual lr 2, decay 0)."""
 
     def __init__(self, enc, freeze=lambda layer: False, prefix="", share=None, input_blob="data",
                  upto=None, switches=True, dropout=True, preactivations=False, relu_masks=False,
-                 hook=None):
+                 hook=None, bias=L.BIAS):
         self.enc = enc
         self.prefix = prefix
         self.layers = []
@@ -108,7 +109,7 @@ class EncoderPass:
                     self.switches[e.name] = l.top[1]
                 else:
                     del l.top[1:]
-            _layer_params(l, e.name, freeze(e), share)
+            _layer_params(l, e.name, freeze(e), share, bias)
             self.layers.append(l)
             out = l.top[0]
             if e.type in PARAM_TYPES:

@@ -335,8 +335,7 @@ class Autoencoder(Method):
         chain = [top] if greedy else list(reversed(us[:k]))
         p = EncoderPass(enc, freeze=lambda e: e.name in frozen, input_blob=input_blob, upto=top.last.top,
                         share="" if mo.tied else None, hook=self._noise(mo, top.reads if greedy else None),
-                        dropout=False, switches={u.pool.name for u in chain if u.pool})
-        _set_bias_mults(p.layers)
+                        dropout=False, switches={u.pool.name for u in chain if u.pool}, bias=PARAMS[1])
         layers += p.layers
         if mo.sparsity is not None and k == len(us):
             kl = L.layer("dec:loss@sparsity", "KLSparsityLoss", [p.output[us[-1].act.name]], ["dec:loss@sparsity"])
@@ -364,8 +363,7 @@ class Autoencoder(Method):
         spec = ctx.options.data
         if spec.labeled_source:
             spec = dataclasses.replace(spec, train_source=spec.labeled_source)
-        p = EncoderPass(ctx.enc, switches=False)
-        _set_bias_mults(p.layers)
+        p = EncoderPass(ctx.enc, switches=False, bias=PARAMS[1])
         layers = data_layers(spec, ctx.enc.input_shape, settings["batch"]) + p.layers + ctx.classifier_heads()
         what = "the supervised control, from fillers" if variant == "supervised" else "from the pretrained encoder"
         return Stage("finetune", "finetune", f"classifier on the labels, {what}", builder.net("finetune", layers),
@@ -387,13 +385,6 @@ class Autoencoder(Method):
         return ["Decoders are `dec:<encoder layer>`, losses `dec:loss@<target blob>`; inputs are scaled to "
                 "[0, 1] (`--scale`, default 1/255 for this method). Stage `finetune` trains the classifier on "
                 "`--labeled-source`.", ""]
-
-
-def _set_bias_mults(layers):
-    """Caffe's example: biases learn at the base rate (lr_mult 1, not 2)."""
-    for l in layers:
-        if l.type in ("Convolution", "InnerProduct") and len(l.param) == 2 and l.param[1].lr_mult == 2.0:
-            l.param[1].lr_mult = 1.0
 
 
 def check_options(o):
