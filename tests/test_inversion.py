@@ -144,3 +144,14 @@ def test_generate_builds_every_net(model, tmp_path, caffe):
     assert layers["dec:loss@data"].loss_weight[0] == pytest.approx(0.3 * 0.2 * 2 / 784)
     sup = {l.type for l in protos.read_net(str(out / "supervised" / "train" / "train_val.prototxt")).layer}
     assert "EntropyLoss" not in sup and "Deconvolution" not in sup and "Threshold" not in sup
+
+
+def test_generate_without_val_source(tmp_path, caffe):
+    """Without --val-source the training net has no TEST-only layer (a TEST
+    loss or accuracy would read a blob no TEST layer writes)."""
+    out = tmp_path / "out"
+    assert cli.main(["generate", "--method", "inversion", "--net", str(MODELS / "smallcnn_max.prototxt"),
+                     "--variant", "all", "--out", str(out), "--labeled-source", "/l", "--train-source", "/u"]) == 0
+    for v in ("semi", "supervised"):
+        net = protos.read_net(str(out / v / "train" / "train_val.prototxt"))
+        assert not [l.name for l in net.layer if any(r.phase == 1 for r in l.include)], v

@@ -137,9 +137,10 @@ class Inversion(Method):
                 heads.append(e)
             else:
                 heads.append(L.phase_only(L.silence("logits/unlabeled/silence", ["logits/unlabeled"]), "TRAIN"))
-            test_ce = L.phase_only(L.layer("loss/test", "SoftmaxWithLoss", [out, "label"], ["loss/test"]), "TEST")
-            heads.append(test_ce)
-            heads += [a for a in builder.classifier_heads(out, True)[1:]]
+            if spec.val_source:
+                test_ce = L.phase_only(L.layer("loss/test", "SoftmaxWithLoss", [out, "label"], ["loss/test"]), "TEST")
+                heads.append(test_ce)
+                heads += [a for a in builder.classifier_heads(out, True)[1:]]
         else:
             heads += builder.classifier_heads(out, bool(spec.val_source))
         if with_decoder:
@@ -151,8 +152,10 @@ class Inversion(Method):
             rs.slice_param.axis, rs.slice_param.slice_point[:] = 0, [lb]
             r = L.phase_only(L.euclidean_loss("dec:loss@data", "dec:data/unlabeled", "data/unlabeled",
                                               (1 - alpha) * beta * 2.0 / d), "TRAIN")
-            rt = L.phase_only(L.euclidean_loss("dec:loss@data/test", rec, "data", (1 - alpha) * beta * 2.0 / d), "TEST")
-            heads += [rs, L.phase_only(L.silence("dec:data/labeled/silence", ["dec:data/labeled"]), "TRAIN"), r, rt]
+            heads += [rs, L.phase_only(L.silence("dec:data/labeled/silence", ["dec:data/labeled"]), "TRAIN"), r]
+            if spec.val_source:
+                heads.append(L.phase_only(L.euclidean_loss("dec:loss@data/test", rec, "data",
+                                                           (1 - alpha) * beta * 2.0 / d), "TEST"))
         stage = Stage("train", "train", f"{variant}: alpha {alpha:g}, beta {beta:g}", builder.net(variant, layers + heads),
                       settings, dir="train")
         deploy = [ctx.input_layer()] + encoder_layers(g, for_transpose=with_decoder) + [builder.softmax(out)]
