@@ -9,6 +9,7 @@ once per variant and seed (shared by the label counts: the unlabeled images
 are the same set), then finetuning per label count; the test error comes
 from the finetuning stage's final test over the whole test set. Writes
 OUT/results.json and OUT/results.md (mean ± std over seeds)."""
+import argparse
 import json
 import os
 import time
@@ -21,6 +22,7 @@ from ..data import datasets
 from ..errors import ReconDecError
 from ..methods import inversion
 from ..runners import generate, plan as plans, train
+from . import ladder
 
 DEPLOY = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                       "models", "mnist_autoencoder", "deploy.prototxt")
@@ -180,27 +182,58 @@ def register(subparsers):
     p = subparsers.add_parser("semi", help="semi-supervised experiments: the autoencoder family or deep-network "
                                            "inversion against the supervised control",
                               description=__doc__.split("\n\n")[0])
-    p.add_argument("--method", choices=["autoencoder", "inversion"], default="autoencoder")
+    p.add_argument("--method", choices=["autoencoder", "inversion", "ladder"], default="autoencoder")
     p.add_argument("--dataset", default="mnist5k", help="mnist5k (default), fashion-mnist or idx:...")
-    p.add_argument("--labels", type=int, nargs="+", help="label counts (default 100 1000; inversion: 50)")
+    p.add_argument("--labels", type=_label_count, nargs="+",
+                   help="label counts, or all (default 100 1000; inversion: 50; ladder: 100)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--variants", nargs="+", default=["plain", "denoising", "sparse", "stacked", "supervised"],
-                   choices=list(VARIANTS), help="autoencoder variants")
+    p.add_argument("--variants", nargs="+", choices=list(dict.fromkeys([*VARIANTS, *ladder.VARIANTS])),
+                   help="autoencoder: plain denoising sparse stacked supervised (default), context; "
+                        "ladder: full gamma supervised (default)")
     p.add_argument("--pretrain-iters", type=int, default=2000, help="iterations of batch 100 (default 2000)")
     p.add_argument("--finetune-iters", type=int, default=500, help="iterations of batch 100 (default 500)")
     p.add_argument("--alphas", type=float, nargs="+", default=[0.3, 0.4, 0.5, 0.6, 0.7], help="inversion grid")
     p.add_argument("--betas", type=float, nargs="+", default=[0.2, 0.3, 0.5], help="inversion grid")
-    p.add_argument("--iters", type=int, default=1000, help="inversion: training iterations (default 1000)")
+    p.add_argument("--iters", type=int, help="inversion, ladder: training iterations (default 1000; ladder: "
+                                              "3000, of 100 labeled + 100 unlabeled images)")
     p.add_argument("--net", help="the classifier (default models/mnist_autoencoder; inversion: "
                                  "models/inversion/smallcnn_max)")
     p.add_argument("--out", default="out/semi", help="output directory (default out/semi)")
     p.set_defaults(func=_cmd)
 
 
+def _label_count(text):
+    if text == "all":
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a label count (a positive number or all)") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a label count (a positive number or all)")
+    return n
+
+
 def _cmd(a):
+    a.iters = a.iters if a.iters is not None else (3000 if a.method == "ladder" else 1000)
     if min(a.pretrain_iters, a.finetune_iters, a.iters) < 1:
         raise ReconDecError("--pretrain-iters, --finetune-iters and --iters must be positive")
+    own = {"ladder": ladder.VARIANTS, "autoencoder": VARIANTS}.get(a.method, ())
+    wrong = [v for v in a.variants or () if v not in own]
+    if wrong:
+        raise ReconDecError(f"--variants {wrong[0]}: not a variant of --method {a.method} "
+                            f"({', '.join(own) or 'it has none to choose'})")
     t0 = time.time()
+    if a.method == "ladder":
+        labels = a.labels or [100]
+        rows = ladder.run(a.dataset, labels, a.seeds, a.variants or list(ladder.VARIANTS), a.iters, a.out,
+                          os.path.abspath(a.net) if a.net else ladder.MLP)
+        md = (f"{a.dataset}: ladder networks, test error (%) of the clean pass, mean ± std over seeds {a.seeds}; "
+              f"{a.iters} iterations of 100 labeled + 100 unlabeled images (decay over the last third); "
+              f"{time.time() - t0:.0f} s in this call.\n\n" + ladder.table(rows))
+        atomic.write_text(os.path.join(a.out, "results.md"), md + "\n")
+        print(md)
+        return 0
     if a.method == "inversion":
         net = a.net or os.path.join(os.path.dirname(DEPLOY), "..", "inversion", "smallcnn_max.prototxt")
         labels = (a.labels or [50])[0]
@@ -213,7 +246,8 @@ def _cmd(a):
         print(md)
         return 0
     labels = a.labels or [100, 1000]
-    rows = run(a.dataset, labels, a.seeds, a.variants, a.out, a.pretrain_iters, a.finetune_iters, a.net or DEPLOY)
+    variants = a.variants or ["plain", "denoising", "sparse", "stacked", "supervised"]
+    rows = run(a.dataset, labels, a.seeds, variants, a.out, a.pretrain_iters, a.finetune_iters, a.net or DEPLOY)
     md = (f"{a.dataset}: test error (%) of the classifier finetuned on N labels, mean ± std over seeds "
           f"{a.seeds}; pretraining {a.pretrain_iters} and finetuning {a.finetune_iters} iterations of batch "
           f"100; {time.time() - t0:.0f} s in all.\n\n" + table(rows))
