@@ -65,9 +65,11 @@ def _sum(name, blobs):
     return [s], name
 
 
-def transpose(g, v_blob, trainable=True):
+def transpose(g, v_blob, trainable=True, adjoints=None):
     """Layers computing (df/dx)^T v for v in ``v_blob`` (shaped like the
-    graph's output); returns (layers, the adjoint of the input: ``dec:data``)."""
+    graph's output); returns (layers, the adjoint of the input: ``dec:data``).
+    A dict ``adjoints`` receives, for every blob of the graph that the output
+    depends on, the blob of the decoder holding its adjoint (df/dblob)^T v."""
     adj = {g.output_blob: [v_blob]}
     out = []
     for n in reversed(g.nodes):
@@ -76,6 +78,8 @@ def transpose(g, v_blob, trainable=True):
             continue  # a branch that does not reach the output
         layers, grad = _sum(f"{PREFIX}{top}/sum", adj.pop(top))
         out += layers
+        if adjoints is not None:
+            adjoints[top] = grad
         for bottom, blob, ls in _backward(g, n, grad, trainable):
             out += ls
             adj.setdefault(bottom, []).append(blob)
@@ -85,6 +89,8 @@ def transpose(g, v_blob, trainable=True):
     out += layers
     if grad != f"{PREFIX}data":
         out.append(L.layer(f"{PREFIX}data/copy", "Split", [grad], [f"{PREFIX}data"]))
+    if adjoints is not None:
+        adjoints["data"] = f"{PREFIX}data"
     return out, f"{PREFIX}data"
 
 
