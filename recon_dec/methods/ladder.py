@@ -1,7 +1,11 @@
 """Ladder networks (../shared/papers/002, Algorithm 1; PAPER_FACTS 2: the
-choices of the authors' official code) for an MLP given as a plain deploy
-prototxt (InnerProduct layers, ReLU after every hidden one, the last one
-feeding the softmax). The method inserts everything the ladder needs:
+choices of the authors' official code) for an encoder given as a plain
+deploy prototxt: a chain of InnerProduct and Convolution layers (ReLU, or a
+leaky one, after every hidden one), Pooling (MAX or AVE, global included)
+between them, the last layer feeding the softmax. Every layer is a level of
+the ladder, pools included (normalised and corrupted as the official code's
+``maxpool``/``globalmeanpool`` levels, linear: no beta, no ReLU). The method
+inserts everything the ladder needs:
 
 - two encoder passes over one set of weights (Caffe parameter sharing by
   name): the clean pass keeps the deploy's layer names, the corrupted pass
@@ -24,30 +28,40 @@ feeding the softmax). The method inserts everything the ladder needs:
 - supervised cross-entropy on the corrupted output of the labeled rows only;
   TEST and the deploy net: the clean pass on the running statistics.
 
-Variants: ``full`` (every level's cost), ``gamma`` (the Gamma-model: the top
-cost only) and ``supervised`` (the control: the same encoder on the labeled
-stream alone, layer noise 0.5 as the official baseline, no decoder).
+Variants: ``full`` (every level's cost; fully-connected encoders only),
+``gamma`` (the Gamma-model: the top cost only; the paper's Conv-Small and
+Conv-Large are Gamma-models) and ``supervised`` (the control: the same
+encoder on the labeled stream alone, layer noise 0.5 as the official MLP
+baseline, 0.45 as its Conv-Small baseline, no decoder).
 Stages ``train`` (Adam 0.002, fixed) and ``decay`` (linearly to 0, from the
 first stage's weights and running statistics)."""
+import copy
 import dataclasses
 import math
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 
+from ..caffe_io import protos
+from ..caffe_io.shapes import pool_geometry, pool_out, shape_text
 from ..errors import ReconDecError, where
 from ..graph import builder
 from ..graph import layers as L
 from ..graph.data_layers import data_layers
+from ..graph.encoder import EncLayer, _shape_after, input_shape_of, reserved, validate
 from ..values import numbers
 from . import register
 from .base import Init, Method, Stage, Variant
 
-ENCODER_TYPES = {"InnerProduct", "ReLU"}
+ENCODER_TYPES = {"InnerProduct", "Convolution", "Pooling", "ReLU"}
+WEIGHTED = ("InnerProduct", "Convolution")
 NOISY = "noisy/"                 # prefix of the corrupted pass
 STREAMS = ("labeled", "unlabeled")
 RUNNING_FRACTION = 0.9           # the official code's running average: 0.1 of each new batch
 INPUT_NOISE = 0.3                # the official --super-noise-std
 SUPERVISED_NOISE = 0.5           # the official baselines' --f-local-noise-std
-PARAM_TYPES = ("InnerProduct", "Bias", "Scale", "BatchStats", "LadderCombinator")
+CONV_SUPERVISED_NOISE = 0.45     # the official Conv-Small baseline's
+CONV_GAMMA_LAMBDA = 1.0          # the official Conv-Small Gamma command's top cost
+PARAM_TYPES = ("InnerProduct", "Convolution", "Bias", "Scale", "BatchStats", "LadderCombinator")
 
 
 @dataclass(frozen=True)
@@ -81,6 +95,7 @@ PROVENANCE = """\
 | lambda presets (`--lambdas-preset`) | 100: 1000, 10, 0.1...; 1000: 2000, 20, 0.1...; all: 1000, 1, 0.01...; 50: 2000, 20, 0.1...; Gamma: 0.5 / 10 / 2 (50: 0.5) | the official README (Gamma at 50 labels: **our choice**) |
 | weights | W and V gaussian, std 1/sqrt(fan-in); no biases (beta); gamma 1, beta 0 | the official code (`randn / sqrt(in_dim)`) |
 | solver | Adam lr 0.002 (beta1 0.9, beta2 0.999), batch 100 labeled + 100 unlabeled (`--batch` sets both) | the official code |
+| convolutional encoders | every Convolution and Pooling layer a level: conv W h without bias, BN per channel (statistics over the batch and the positions), noise, beta per channel, ReLU; pools normalised and corrupted too, linear (no beta, no ReLU); weights uniform +-sqrt(3 / fan-in) (`xavier`); the global mean pool's constant scale (6 sqrt 3) left out (batch normalisation cancels it); Gamma-model only (the conv decoder of the full ladder is not built); default top lambda 1 and supervised noise 0.45 (that baseline's shorter schedule, 20 epochs with the decay from 50%, is not the default: `--max-iter`) | the official code (`f_conv`, `f_pool`, `rand_init_conv`) and its Conv-Small commands; running variance unbiased by M/(M-1) with M the values a channel (the official code: the batch size): **our choice** (Caffe's BatchNorm convention) |
 | schedule | `train` 60000 iterations fixed, then `decay` 30000 iterations linearly to 0 (`poly`, power 1) from `train`'s weights: 150 epochs of MNIST's 60,000, decay from 67% | the official code; Adam's moments restart at the second stage: **our choice** (two stages) |
 """
 
@@ -95,39 +110,152 @@ class Options:
 
 @dataclass
 class Level:
-    """A layer of the ladder: ``name`` (the deploy's inner product, or "data"
-    for the input), its width, its ReLU (an analysed layer) or None."""
+    """A level of the ladder: ``name`` (the deploy's layer, or "data" for the
+    input), its output ``shape`` without the batch axis ((D,) or (C, H, W)),
+    its deploy layer and the ReLU after it (EncLayers), None for the input."""
     name: str
-    width: int
+    shape: tuple
+    layer: object = None
     relu: object = None
-    source_name: str = None
+
+    @property
+    def type(self):
+        return self.layer.type if self.layer else "Input"
+
+    @property
+    def source_name(self):
+        return self.layer.source_name if self.layer else None
+
+    @property
+    def width(self):
+        """Units of the level (all of them, spatial positions included: the
+        official code divides a level's cost by this)."""
+        return math.prod(self.shape)
 
 
-def levels_of(enc):
-    """[input level, one Level per inner product]; one-line errors for a
-    chain the ladder cannot take."""
-    n = 1
-    for d in enc.input_shape[1:]:
-        n *= d
-    out = [Level("data", n)]
-    for e in enc.layers:
-        if e.type == "InnerProduct":
-            if e.name.startswith(NOISY):
-                raise ReconDecError(where(enc.path, e.source_name) + f"names starting with '{NOISY}' are "
-                                    "reserved for the corrupted pass; rename the layer")
-            out.append(Level(e.name, e.out_shape[0], None, e.source_name))
-        else:   # ReLU: the analysis puts a parameterised layer before it
-            out[-1].relu = e
-    if len(out) < 2:
-        raise ReconDecError(f"{enc.path}: no InnerProduct layer")
-    for lv in out[1:-1]:
-        if lv.relu is None:
-            raise ReconDecError(where(enc.path, lv.source_name) + "a hidden layer without a ReLU after it "
+@dataclass
+class LadderEncoder:
+    """The analysed deploy: what the generic code reads (``path``,
+    ``input_shape`` (N, C, H, W), ``layers`` with the deploy's names,
+    ``describe``) and the ladder's ``levels`` (input first)."""
+    path: str
+    input_shape: tuple
+    layers: list = field(default_factory=list)
+    levels: list = field(default_factory=list)
+
+    @property
+    def first_spatial(self):
+        """The first Convolution or Pooling level, None for an MLP."""
+        return next((lv for lv in self.levels[1:] if lv.type != "InnerProduct"), None)
+
+    def describe(self):
+        n, c, h, w = self.input_shape
+        lines = [f"source: {self.path}", f"input: data {c}x{h}x{w} (batch {n})"]
+        for i, lv in enumerate(self.levels[1:], 1):
+            what = {"InnerProduct": "inner product", "Convolution": "convolution"}.get(lv.type) \
+                or _pool_text(lv.layer.param.pooling_param)
+            if i == len(self.levels) - 1:
+                what += ", softmax"
+            elif lv.type == "Pooling":
+                what += ", linear"
+            else:
+                what += ", " + ("leaky ReLU" if lv.relu.param.relu_param.negative_slope else "ReLU")
+            lines.append(f"level {i}: {lv.name} ({what}): {shape_text(self.levels[i - 1].shape)} -> "
+                         f"{shape_text(lv.shape)}")
+        return "\n".join(lines)
+
+
+def _pool_text(pp):
+    kind = "max" if pp.pool == pp.MAX else "average"
+    if pp.global_pooling:
+        return f"global {kind} pooling"
+    (kh, kw), (sh, sw), (ph, pw) = pool_geometry(pp)
+    return f"{kind} pooling {kh}x{kw}/{sh}" + (f" pad {ph}" if ph or pw else "")
+
+
+def _pool_shape(l, shape, at):
+    """Caffe's pooled shape, with its CHECKs as one-line errors."""
+    pp = l.pooling_param
+    if len(shape) != 3:
+        raise ReconDecError(at + "pooling after an inner product")
+    if pp.pool not in (pp.MAX, pp.AVE):
+        raise ReconDecError(at + "only MAX and AVE pooling are supported")
+    given = [f for f in ("kernel_size", "kernel_h", "kernel_w", "pad", "pad_h", "pad_w", "stride", "stride_h",
+                         "stride_w") if pp.HasField(f)]
+    if pp.global_pooling:
+        if any(f.startswith("kernel") for f in given):
+            raise ReconDecError(at + "global_pooling together with a kernel size: give one or the other")
+        if any(getattr(pp, f) != (1 if f.startswith("stride") else 0) for f in given):
+            raise ReconDecError(at + "global_pooling takes pad 0 and stride 1")
+        return (shape[0], 1, 1)
+    for one, h, w in (("kernel_size", "kernel_h", "kernel_w"), ("pad", "pad_h", "pad_w"),
+                      ("stride", "stride_h", "stride_w")):
+        if one in given and (h in given or w in given):
+            raise ReconDecError(at + f"{one} together with {h}/{w}: give one or the other")
+        if (h in given) != (w in given):
+            raise ReconDecError(at + f"{h} and {w} go together")
+    (kh, kw), (sh, sw), (ph, pw) = pool_geometry(pp)
+    if kh <= 0 or kw <= 0 or sh <= 0 or sw <= 0:
+        raise ReconDecError(at + "pooling without kernel/stride")
+    if ph >= kh or pw >= kw:
+        raise ReconDecError(at + f"pad {ph}x{pw} must be smaller than the kernel {kh}x{kw}")
+    if kh > shape[1] + 2 * ph or kw > shape[2] + 2 * pw:
+        raise ReconDecError(at + f"kernel {kh}x{kw} is larger than its input {shape_text(shape)}")
+    return (shape[0], pool_out(shape[1], kh, sh, ph), pool_out(shape[2], kw, sw, pw))
+
+
+def analyse(net, path, input_shape=None):
+    """The ``LadderEncoder`` of a deploy NetParameter; one-line errors for a
+    net the ladder cannot take."""
+    for l in net.layer:
+        if l.type in ("BatchNorm", "Scale", "Bias"):
+            raise ReconDecError(where(path, l.name) + f"a {l.type} layer: the ladder inserts its own batch "
+                                "normalisation, beta and gamma after every layer; give the plain encoder")
+    chain = validate(net, path, ENCODER_TYPES)    # one chain of known types (branches named)
+    shape4 = tuple(input_shape) if input_shape else input_shape_of(net, path)
+    enc = LadderEncoder(path, shape4, levels=[Level("data", tuple(shape4[1:]))])
+    for src in chain:
+        at = where(path, src.name)
+        if src.name in (e.name for e in enc.layers):
+            raise ReconDecError(at + "a second layer of that name")
+        if reserved(src.name) or src.name.startswith(NOISY):
+            raise ReconDecError(at + f"the name '{src.name}' is reserved for what the generator adds (data, "
+                                f"label, loss, prob, data/..., label/..., accuracy/..., dec:..., {NOISY}...); "
+                                "rename the layer")
+        below = enc.levels[-1]
+        l = copy.deepcopy(src)
+        if l.type == "ReLU":
+            if below.layer is None:
+                raise ReconDecError(at + "a ReLU before the first Convolution or InnerProduct layer")
+            if below.type == "Pooling":
+                raise ReconDecError(at + f"a ReLU after the pooling layer '{below.source_name}' (the ladder's "
+                                    "pooling levels are linear, as the official code's; put the ReLU before it)")
+            if below.relu is not None:
+                raise ReconDecError(at + f"a second ReLU after '{below.source_name}'")
+            below.relu = EncLayer(l, below.shape, below.shape, src.name)
+            enc.layers.append(below.relu)
+            continue
+        if l.type == "Pooling":
+            shape = _pool_shape(l, below.shape, at)
+        else:
+            shape = _shape_after(l, below.shape, path, src.name)   # Caffe's rules, as for every method
+        enc.levels.append(Level(l.name, shape, EncLayer(l, below.shape, shape, src.name)))
+        enc.layers.append(enc.levels[-1].layer)
+    levels = enc.levels
+    if not any(lv.type in WEIGHTED for lv in levels):
+        raise ReconDecError(f"{path}: no InnerProduct or Convolution layer")
+    for lv in levels[1:-1]:
+        if lv.type in WEIGHTED and lv.relu is None:
+            raise ReconDecError(where(path, lv.source_name) + "a hidden layer without a ReLU after it "
                                 "(the ladder's hidden layers are relu(z + beta))")
-    if out[-1].relu is not None:
-        raise ReconDecError(where(enc.path, out[-1].relu.source_name) + "a ReLU after the output layer "
-                            f"'{out[-1].source_name}', which feeds the softmax")
-    return out
+    top = levels[-1]
+    if top.relu is not None:
+        raise ReconDecError(where(path, top.relu.source_name) + "a ReLU after the output layer "
+                            f"'{top.source_name}', which feeds the softmax")
+    if len(top.shape) == 3 and top.shape[1:] != (1, 1):
+        raise ReconDecError(where(path, top.source_name) + f"the output layer gives {shape_text(top.shape)}; "
+                            "the softmax needs one value per class (an InnerProduct, or a global pooling)")
+    return enc
 
 
 # --------------------------------------------------------------------------
@@ -188,10 +316,26 @@ def _bn_whole(p, name, noise, fraction=None, global_stats=None):
     return _normalised(p + name, p + name, "", noise, fraction, global_stats)
 
 
-def _linear(p, lv, bottom, fan_in):
-    """W h without bias, weights shared by name between the passes."""
-    return L.ip_layer(p + lv.name, bottom, p + lv.name, lv.width, params=(L.Param(1.0, 1.0, f"{lv.name}#0"),),
-                      std=_g(1.0 / math.sqrt(fan_in)), bias=False)
+def _transform(p, lv, bottom, below):
+    """The level's own operation on the level ``below``: W h without bias
+    (an InnerProduct, or the deploy's Convolution), weights shared by name
+    between the passes; or the deploy's Pooling."""
+    if lv.type == "Pooling":
+        l = L.layer(p + lv.name, "Pooling", [bottom], [p + lv.name])
+        l.pooling_param.CopyFrom(lv.layer.param.pooling_param)
+        return l
+    shared = (L.Param(1.0, 1.0, f"{lv.name}#0"),)
+    if lv.type == "InnerProduct":
+        return L.ip_layer(p + lv.name, bottom, p + lv.name, lv.width, params=shared,
+                          std=_g(1.0 / math.sqrt(below.width)), bias=False)
+    l = L.set_params(L.layer(p + lv.name, "Convolution", [bottom], [p + lv.name]), shared)
+    cp = l.convolution_param
+    cp.CopyFrom(lv.layer.param.convolution_param)
+    cp.bias_term = False
+    cp.ClearField("bias_filler")
+    cp.weight_filler.Clear()
+    cp.weight_filler.type = "xavier"    # uniform +-sqrt(3 / fan-in): the official rand_init_conv
+    return l
 
 
 def _activation(p, lv, top):
@@ -216,12 +360,17 @@ def _train(layers):
 def encoder_pass(levels, prefix, input_blob, bn):
     """One encoder pass: ``bn(prefix, level)`` -> the normalisation layers
     of a level (writing ``<prefix><name>/z``). Returns the layers; the
-    output is ``<prefix><top>/logits``."""
+    output is ``<prefix><top>/logits``. A hidden pooling level is linear
+    (the next level reads its z), as the official code's."""
     out, h = [], input_blob
     for i, lv in enumerate(levels[1:], 1):
-        out.append(_linear(prefix, lv, h, levels[i - 1].width))
+        top = i == len(levels) - 1
+        out.append(_transform(prefix, lv, h, levels[i - 1]))
         out += bn(prefix, lv)
-        out += _activation(prefix, lv, top=i == len(levels) - 1)
+        if lv.type == "Pooling" and not top:   # a linear level: h = z (no beta, no ReLU)
+            h = f"{prefix}{lv.name}/z"
+            continue
+        out += _activation(prefix, lv, top)
         h = f"{prefix}{lv.name}/h"
     return out
 
@@ -284,7 +433,8 @@ def accuracy_heads(out_blob, classes):
 class Ladder(Method):
     name = "ladder"
     help = ("ladder networks (Rasmus et al. 2015, Algorithm 1 with the official code's choices): clean and "
-            "corrupted MLP passes sharing weights, a denoising decoder, the Gamma-model and a supervised control")
+            "corrupted passes sharing weights, a denoising decoder (MLPs), the Gamma-model (MLPs and conv nets) "
+            "and a supervised control")
     variants = ("full", "gamma", "supervised")
     stage_defaults = STAGE_DEFAULTS
     provenance = PROVENANCE
@@ -292,14 +442,19 @@ class Ladder(Method):
     needs_convolution = False
     data_defaults = {"scale": 1.0 / 255, "crop": 0, "mirror": False}   # inputs in [0, 1]
 
+    def analyse(self, path, input_shape=None):
+        return analyse(protos.load_net(path), path, input_shape)
+
     def add_arguments(self, g):
         g.add_argument("--lambdas-preset", choices=sorted(PRESETS),
                        help="denoising cost weights of the official MNIST commands for 100 (default), 1000, "
                             "all or 50 labels")
         g.add_argument("--lambdas", help="lambda_0,...,lambda_L: input level first, one per layer (the "
-                                         "Gamma-model takes one value, or the list's last)")
+                                         "Gamma-model takes one value, or the list's last; its default is "
+                                         f"the preset's, {CONV_GAMMA_LAMBDA:g} on a conv net)")
         g.add_argument("--noise-std", type=float, help="noise std after every layer's normalisation (default 0.3; "
-                                                       "0.2 for full with --lambdas-preset 1000; 0.5 for supervised)")
+                                                       "0.2 for full with --lambdas-preset 1000; 0.5 for supervised, "
+                                                       f"{CONV_SUPERVISED_NOISE:g} on a conv net)")
         g.add_argument("--input-noise-std", type=float, help="noise std on the input (default 0.3)")
 
     def options(self, args=None):
@@ -319,13 +474,20 @@ class Ladder(Method):
         if ctx.pretrained:
             raise ReconDecError("--weights: the ladder trains from its fillers (its layers have no biases and "
                                 "carry batch normalisation, so a classifier's caffemodel does not fit)")
-        levels = levels_of(ctx.enc)
-        return [self._variant(ctx, mo, levels, v) for v in variants]
+        enc = ctx.enc
+        spatial = enc.first_spatial
+        if spatial is not None and "full" in variants:
+            raise ReconDecError(where(enc.path, spatial.source_name) + "--variant full: the full ladder is built "
+                                "for fully-connected encoders (a decoder level per InnerProduct); use --variant "
+                                "gamma (the Gamma-model) or supervised on a convolutional one")
+        check_sources(spec, enc.input_shape)
+        return [self._variant(ctx, mo, enc.levels, v) for v in variants]
 
     # ----------------------------------------------------------------------
     def _variant(self, ctx, mo, levels, variant):
-        lambdas = lambdas_for(mo, variant, levels, ctx.enc.path)
-        noise = noise_for(mo, variant)
+        conv = ctx.enc.first_spatial is not None
+        lambdas = lambdas_for(mo, variant, levels, ctx.enc.path, conv)
+        noise = noise_for(mo, variant, conv)
         lam = ", ".join(f"{x:g}" for x in lambdas) if lambdas else "none"
         what = f"{variant}: lambda {lam}; noise input {noise[0]:g}, layers {noise[1]:g}"
         train, decay = (ctx.settings(k) for k in ("train", "decay"))
@@ -400,14 +562,16 @@ class Ladder(Method):
                 "is not done.", ""]
 
 
-def lambdas_for(mo, variant, levels, path):
+def lambdas_for(mo, variant, levels, path, conv=False):
     """The lambda of every level (input first) of ``variant``; () for the
-    supervised control."""
+    supervised control. ``conv``: the encoder has convolutions (the
+    Gamma-model's default is then the Conv-Small command's)."""
     n = len(levels)
     if variant == "supervised":
         return ()
     if variant == "gamma":
-        top = mo.lambdas[-1] if mo.lambdas is not None else PRESETS[mo.preset].gamma_lambda
+        top = (mo.lambdas[-1] if mo.lambdas is not None else CONV_GAMMA_LAMBDA if conv
+               else PRESETS[mo.preset].gamma_lambda)
         if mo.lambdas is not None and len(mo.lambdas) not in (1, n):
             raise ReconDecError(f"--lambdas: {len(mo.lambdas)} values; the Gamma-model takes one value or {n} "
                                 f"(lambda_0..lambda_{n - 1} of {path}, the last used)")
@@ -425,11 +589,41 @@ def lambdas_for(mo, variant, levels, path):
     return tuple(mo.lambdas)
 
 
-def noise_for(mo, variant):
-    """(input noise std, layer noise std) of ``variant``."""
-    layer = {"full": PRESETS[mo.preset].layer_noise, "gamma": 0.3, "supervised": SUPERVISED_NOISE}[variant]
+def noise_for(mo, variant, conv=False):
+    """(input noise std, layer noise std) of ``variant``; ``conv``: the
+    encoder has convolutions (the Conv-Small baseline's noise)."""
+    layer = {"full": PRESETS[mo.preset].layer_noise, "gamma": 0.3,
+             "supervised": CONV_SUPERVISED_NOISE if conv else SUPERVISED_NOISE}[variant]
     return (INPUT_NOISE if mo.input_noise_std is None else mo.input_noise_std,
             layer if mo.noise_std is None else mo.noise_std)
+
+
+def check_sources(spec, input_shape):
+    """Each LMDB given that exists already: its images have the channels
+    and size of the net's input (N, C, H, W), as Caffe's Data layer will read
+    them (a missing one is fine: the split can be written later; `recon-dec
+    train` checks again)."""
+    if spec.kind != "lmdb":
+        return
+    from ..data import store
+    _, c, h, w = input_shape
+    for flag, src in (("--labeled-source", spec.labeled_source), ("--train-source", spec.train_source),
+                      ("--val-source", spec.val_source)):
+        if not src or not os.path.exists(src):
+            continue
+        try:
+            have = store.first_image(src)
+        except ReconDecError as e:
+            raise ReconDecError(f"{flag}: {e}") from None
+        crop = spec.crop or 0
+        if have[0] != c:
+            raise ReconDecError(f"{flag}: {src}: images with {have[0]} channel{'s' * (have[0] != 1)}, the net "
+                                f"takes {c}")
+        if crop and (have[1] < crop or have[2] < crop):
+            raise ReconDecError(f"{flag}: {src}: images of {have[1]}x{have[2]} are smaller than the "
+                                f"{crop}x{crop} crop")
+        if not crop and have[1:] != (h, w):
+            raise ReconDecError(f"{flag}: {src}: images of {have[1]}x{have[2]}, the net takes {h}x{w} (no crop)")
 
 
 def check(o):
