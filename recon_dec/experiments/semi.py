@@ -119,7 +119,7 @@ def table(rows):
     return "\n".join(lines)
 
 
-def run_inversion(dataset, net, labels, seeds, alphas, betas, iters, out, sup_labels=1000):
+def run_inversion(dataset, net, labels, seeds, alphas, betas, iters, out, sup_labels=1000, layer_losses=False):
     """Deep-network inversion: the (alpha, beta) grid on the first seed
     (selected on its test error, as the paper reports its best cell), the
     best cell on every seed, and the supervised control (alpha 1, beta 0)
@@ -137,7 +137,8 @@ def run_inversion(dataset, net, labels, seeds, alphas, betas, iters, out, sup_la
                        "--labeled-batch", str(min(n, 50)), "--test-batch", str(TEST_BATCH),
                        "--test-iter", str(test // TEST_BATCH), "--test-interval", str(iters),
                        "--max-iter", str(iters), "--random-seed", str(seed), "--solver-mode", "CPU",
-                       "--base-lr", f"train={inversion.paper_base_lr(net)}"])
+                       "--base-lr", f"train={inversion.paper_base_lr(net)}",
+                       *(["--layer-losses"] if layer_losses and variant == "semi" else [])])
         plan = os.path.join(d, variant, "plan.json")
         train.run_all(plan, progress=False)
         p = plans.load(plan)
@@ -196,6 +197,9 @@ def register(subparsers):
     p.add_argument("--betas", type=float, nargs="+", default=[0.2, 0.3, 0.5], help="inversion grid")
     p.add_argument("--iters", type=int, help="inversion, ladder: training iterations (default 1000; ladder: "
                                               "3000, of 100 labeled + 100 unlabeled images)")
+    p.add_argument("--layer-losses", action="store_true",
+                   help="inversion: the per-layer reconstruction losses of the paper's eq. (11) "
+                        "(generate --layer-losses, default weights)")
     p.add_argument("--net", help="the classifier (default models/mnist_autoencoder; inversion: "
                                  "models/inversion/smallcnn_max)")
     p.add_argument("--out", default="out/semi", help="output directory (default out/semi)")
@@ -237,8 +241,10 @@ def _cmd(a):
     if a.method == "inversion":
         net = a.net or os.path.join(os.path.dirname(DEPLOY), "..", "inversion", "smallcnn_max.prototxt")
         labels = (a.labels or [50])[0]
-        rows, best = run_inversion(a.dataset, os.path.abspath(net), labels, a.seeds, a.alphas, a.betas, a.iters, a.out)
-        md = (f"{a.dataset}, {os.path.basename(net)}: deep-network inversion, {a.iters} Adam iterations, seeds "
+        rows, best = run_inversion(a.dataset, os.path.abspath(net), labels, a.seeds, a.alphas, a.betas, a.iters, a.out,
+                                   layer_losses=a.layer_losses)
+        md = (f"{a.dataset}, {os.path.basename(net)}: deep-network inversion"
+              f"{' with the per-layer losses of eq. (11)' if a.layer_losses else ''}, {a.iters} Adam iterations, seeds "
               f"{a.seeds}; {time.time() - t0:.0f} s in all.\n\n" + inversion_table(rows, best, labels, 1000))
         inversion_figure(a.out, a.dataset, rows, best)
         atomic.write_text(os.path.join(a.out, "results.json"), json.dumps(rows, indent=1))
