@@ -5,11 +5,16 @@ tiny MLP (8-6-4-3, 4 labeled + 4 unlabeled rows) equals a numpy
 re-implementation of Algorithm 1 with the same weights and the noise read
 from the net, every denoising cost included, and the TEST pass is the clean
 pass on the running statistics; a short `recon-dec train` run on MNIST-5k
-with 100 labels; bad input gets one line and nothing is written."""
+with 100 labels; a run stopped at N/2 and resumed by `recon-dec train`
+ends as the straight one, bit for bit, without noise (with noise it does
+not: Caffe's RNG is not in the snapshot, and the test says precisely what
+differs); bad input gets one line and nothing is written."""
 import json
 import math
+import os
 import pathlib
 import re
+import subprocess
 
 import numpy as np
 import pytest
@@ -350,6 +355,141 @@ def test_short_training_on_mnist5k(tmp_path):
 
 
 # --------------------------------------------------------------------------
+# resume: `recon-dec train` on a run stopped at N/2 continues exactly
+RESUME_NET = """name: "resume"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 1 dim: 4 dim: 4 } } }
+layer { name: "fc1" type: "InnerProduct" bottom: "data" top: "fc1" inner_product_param { num_output: 6 } }
+layer { name: "relu1" type: "ReLU" bottom: "fc1" top: "fc1" }
+layer { name: "fc2" type: "InnerProduct" bottom: "fc1" top: "fc2" inner_product_param { num_output: 3 } }
+layer { name: "prob" type: "Softmax" bottom: "fc2" top: "prob" }
+"""
+RESUME_ITERS, RESUME_BATCH, RESUME_ROWS = 8, 4, 8
+NOISE_NOT_RESTORED = ("Caffe seeds its RNG from random_seed when the solver starts and the .solverstate does not "
+                      "hold the RNG's state: the GaussianNoise layers of a resumed run draw the noise of a fresh "
+                      "run's first iterations again (test_resume_draws_the_noise_of_a_fresh_start)")
+
+
+def _resume_setup(root, *extra):
+    """Two generated copies of a tiny full ladder (CPU, random_seed 5, N =
+    8 iterations of 4 + 4 rows, snapshots every 4, every iteration's loss in
+    the log), reading LMDBs of 8 rows: Caffe's Data layer starts again at
+    the first row after a resume, and 4 iterations of 4 rows are exactly
+    two passes, so both runs read the same rows at every iteration."""
+    from recon_dec.data import store
+    (root / "net.prototxt").write_text(RESUME_NET)
+    rng = np.random.default_rng(0)
+    for name in ("labeled", "unlabeled"):
+        store.write_raw_lmdb(rng.integers(0, 256, (RESUME_ROWS, 4, 4), dtype=np.uint8),
+                             rng.integers(0, 3, RESUME_ROWS), root / name, name)
+    runs = {}
+    for run in ("straight", "resumed"):
+        assert _generate(root / run, root / "net.prototxt", "--variant", "full", "--labeled-source",
+                         str(root / "labeled"), "--train-source", str(root / "unlabeled"), "--batch",
+                         str(RESUME_BATCH), "--max-iter", str(RESUME_ITERS), "--snapshot", str(RESUME_ITERS // 2),
+                         "--random-seed", "5", "--solver-mode", "CPU", "--lambdas", "1,1,1", *extra) == 0
+        runs[run] = root / run / "full"
+        solver = runs[run] / "train" / "solver.prototxt"
+        solver.write_text(re.sub(r"average_loss: \d+", "average_loss: 1",
+                                 re.sub(r"display: \d+", "display: 1", solver.read_text())))
+    return runs
+
+
+def _blobs(path):
+    """{layer: [arrays]} of a .caffemodel, or the Adam history of a .solverstate."""
+    if str(path).endswith(".solverstate"):
+        st = protos.pb2().SolverState()
+        st.ParseFromString(pathlib.Path(path).read_bytes())
+        return {"iter": [np.array([st.iter])], "history": [np.array(b.data) for b in st.history]}
+    m = protos.pb2().NetParameter()
+    m.ParseFromString(pathlib.Path(path).read_bytes())
+    return {l.name: [np.array(b.data) for b in l.blobs] for l in m.layer if l.blobs}
+
+
+def _losses(log):
+    """{iteration: every loss head as logged} of a train log (display 1)."""
+    out, it = {}, None
+    for line in log.splitlines():
+        m = re.search(r"Iteration (\d+) \(", line)
+        if m:
+            it = int(m.group(1))
+        m = re.search(r"Train net output #\d+: (\S+ = \S+)", line)
+        if m and it is not None:
+            out.setdefault(it, []).append(m.group(1))
+    return out
+
+
+@pytest.mark.parametrize("noise", [
+    "off", pytest.param("on", marks=pytest.mark.xfail(strict=True, raises=AssertionError,
+                                                      reason=NOISE_NOT_RESTORED))])
+def test_resume_continues_exactly(noise, tmp_path):
+    """N iterations straight vs N/2, stopped (its snapshot), resumed by
+    `recon-dec train` from the .solverstate to N: the same weights, running
+    statistics, combinators, Adam moments and losses, bit for bit. Exact
+    without noise; with the noise on it is not (xfail: NOISE_NOT_RESTORED)."""
+    from recon_dec.caffe_io.tool import caffe_binary
+    runs = _resume_setup(tmp_path, *(["--noise-std", "0", "--input-noise-std", "0"] if noise == "off" else []))
+    half = RESUME_ITERS // 2
+    assert cli.main(["train", str(runs["straight"] / "plan.json"), "--stage", "train", "--no-progress"]) == 0
+    # the other run stops at N/2 (a solver with max_iter N/2: Caffe snapshots there), then resumes
+    r = runs["resumed"]
+    text = (r / "train" / "solver.prototxt").read_text()
+    (r / "train" / "half.prototxt").write_text(text.replace(f"max_iter: {RESUME_ITERS}", f"max_iter: {half}"))
+    (r / "snapshots").mkdir()
+    subprocess.run([caffe_binary(), "train", "-solver", "train/half.prototxt"], cwd=r, check=True,
+                   capture_output=True)
+    assert sorted(p.name for p in (r / "snapshots").iterdir()) == [f"train_iter_{half}.caffemodel",
+                                                                   f"train_iter_{half}.solverstate"]
+    assert cli.main(["train", str(r / "plan.json"), "--stage", "train", "--no-progress"]) == 0
+    log = (r / "logs" / "train.log").read_text()
+    assert f"resuming from {r}/snapshots/train_iter_{half}.solverstate" in log
+    straight, resumed = _losses((runs["straight"] / "logs" / "train.log").read_text()), _losses(log)
+    assert sorted(resumed) == list(range(half, RESUME_ITERS)) and sorted(straight) == list(range(RESUME_ITERS))
+    for ext in ("caffemodel", "solverstate"):
+        a = _blobs(runs["straight"] / "snapshots" / f"train_iter_{RESUME_ITERS}.{ext}")
+        b = _blobs(r / "snapshots" / f"train_iter_{RESUME_ITERS}.{ext}")
+        assert sorted(a) == sorted(b) and len(a[next(iter(a))]) >= 1
+        for name in a:
+            assert len(a[name]) == len(b[name]) and all(np.array_equal(x, y) for x, y in zip(a[name], b[name])), name
+    assert {i: straight[i] for i in range(half, RESUME_ITERS)} == resumed
+
+
+def test_resume_draws_the_noise_of_a_fresh_start(tmp_path, caffe, monkeypatch):
+    """What differs when the noise is on, precisely: a solver restored from
+    the snapshot at iteration N/2 draws, at its first iteration, the noise
+    a fresh solver draws at iteration 0 (input and every layer), not the
+    noise of iteration N/2 of the straight run: Caffe::set_random_seed
+    (random_seed) runs in Solver::Init and the solverstate holds no RNG
+    state, so the noise after a resume is the noise of iterations 0, 1, ...
+    again (the weights it meets are the resumed ones)."""
+    runs = _resume_setup(tmp_path)
+    half = RESUME_ITERS // 2
+    monkeypatch.chdir(runs["straight"])   # the solver's paths are relative to the variant's directory
+    os.mkdir("snapshots")                 # Caffe checks it can write there before it starts
+
+    def noise(net):
+        out = {"data": net.blobs["data/unlabeled/noisy"].data - net.blobs["data/unlabeled"].data}
+        for name in ("fc1", "fc2"):
+            out[name] = net.blobs[f"noisy/{name}/z@unlabeled"].data - net.blobs[f"noisy/{name}/bn@unlabeled"].data
+        return {k: v.copy() for k, v in out.items()}
+
+    straight = caffe.get_solver("train/solver.prototxt")
+    draws = []
+    for _ in range(half + 1):
+        straight.step(1)
+        draws.append(noise(straight.net))
+        if straight.iter == half:
+            straight.snapshot()
+    resumed = caffe.get_solver("train/solver.prototxt")
+    resumed.restore(f"snapshots/train_iter_{half}.solverstate")
+    assert resumed.iter == half
+    resumed.step(1)
+    got = noise(resumed.net)
+    for name in got:
+        np.testing.assert_allclose(got[name], draws[0][name], atol=1e-5, err_msg=name)   # iteration 0's noise
+        assert not np.allclose(got[name], draws[half][name], atol=1e-2), name            # not iteration N/2's
+
+
+# --------------------------------------------------------------------------
 def _one_line(capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
@@ -392,3 +532,44 @@ def test_bad_options_are_named(args, message, tmp_path, capsys):
     err = _one_line(capsys)
     assert message in err, err
     assert not (tmp_path / "out").exists()
+
+
+def _raw_lmdb(path, shape):
+    """An LMDB of 3 raw images of ``shape`` (H x W or C x H x W)."""
+    from recon_dec.data import store
+    store.write_raw_lmdb(np.zeros((3,) + shape, np.uint8), [0, 1, 2], path, str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize("flag, shape, message", [
+    ("--labeled-source", (2, 2), "images with 1 channel, the net takes 2"),
+    ("--train-source", (2, 3, 3), "images of 3x3, the net takes 2x2 (no crop)"),
+    ("--val-source", (3, 2, 2), "images with 3 channels, the net takes 2"),
+])
+def test_data_that_does_not_fit_the_net(flag, shape, message, tmp_path, capsys):
+    """An LMDB whose images have other channels or another size than the
+    deploy's input: refused by generate when it exists (naming the option
+    and the LMDB), and by train when it appears later (naming the net's data
+    layer) -- one line, nothing written."""
+    (tmp_path / "tiny.prototxt").write_text(TINY)
+    ok = _raw_lmdb(tmp_path / "ok", (2, 2, 2))
+    bad = _raw_lmdb(tmp_path / "bad", shape)
+    sources = {"--labeled-source": ok, "--train-source": ok, "--val-source": ok, flag: bad}
+    args = ["--variant", "full", "--solver-mode", "CPU"] + [x for kv in sources.items() for x in kv]
+    assert _generate(tmp_path / "out", tmp_path / "tiny.prototxt", *args) == 2
+    err = _one_line(capsys)
+    assert err.startswith(f"recon-dec: error: {flag}: {bad}: {message}"), err
+    assert not (tmp_path / "out").exists()
+    # generated while the LMDB was not there yet: `recon-dec train` refuses it before writing anything
+    sources[flag] = str(tmp_path / "later")
+    args = ["--variant", "full", "--solver-mode", "CPU"] + [x for kv in sources.items() for x in kv]
+    assert _generate(tmp_path / "out", tmp_path / "tiny.prototxt", *args) == 0
+    capsys.readouterr()
+    _raw_lmdb(tmp_path / "later", shape)
+    before = sorted(p.relative_to(tmp_path / "out") for p in (tmp_path / "out").rglob("*"))
+    assert cli.main(["train", str(tmp_path / "out" / "full" / "plan.json"), "--all", "--no-progress"]) == 2
+    err = _one_line(capsys)
+    layer = {"--labeled-source": "data/labeled", "--train-source": "data/unlabeled", "--val-source": "data"}[flag]
+    assert f"train_val.prototxt: layer '{layer}': {tmp_path / 'later'}: " in err, err
+    assert message in err, err
+    assert sorted(p.relative_to(tmp_path / "out") for p in (tmp_path / "out").rglob("*")) == before
