@@ -302,7 +302,8 @@ def test_passes_share_the_conv_weights(tiny, tmp_path, caffe):
     assert not layers["conv1"].convolution_param.bias_term
     assert layers["noisy/conv2/relu"].relu_param.negative_slope == pytest.approx(SLOPE)
     assert layers["dec:loss@fc"].loss_weight[0] == pytest.approx(2 * LAMBDA / 3, rel=1e-5)
-    assert not any(n.startswith("dec:") and n != "dec:loss@fc" and "fc" not in n for n in layers)
+    assert {n for n in layers if n.startswith("dec:")} == {   # the decoder: the top level only
+        "dec:fc/softmax", "dec:fc/u/stats", "dec:fc/u/bn", "dec:fc/g", "dec:fc/zhat/bn", "dec:loss@fc"}
 
 
 def test_conv_small_builds(tmp_path, caffe):
