@@ -1,0 +1,371 @@
+#!/usr/bin/env python3
+"""The one prepared device check of issue 16 (run by tools/gpu_check.sh; see
+there). Standard library only (python3 3.12 on the GPU machine has no
+recon-dec); PyTorch is used, in child processes, where the python given by
+--python has it.
+
+Every step is time-boxed (its own limit, and never past the whole run's
+--budget); a failed or timed-out step is recorded and the rest go on.
+OUT/gpu_check.json is rewritten after each step, OUT/log.txt holds every
+command's output."""
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+
+
+class Check:
+    def __init__(self, bundle, out, cpu, budget, python):
+        self.bundle, self.out, self.cpu, self.python = bundle, out, cpu, python
+        self.inputs = os.path.join(bundle, "inputs")
+        self.deadline = time.time() + budget
+        self.t0 = time.time()
+        self.log = open(os.path.join(out, "log.txt"), "a")
+        self.result = {"mode": "cpu" if cpu else "gpu", "bundle": bundle,
+                       "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "budget_s": budget, "steps": {}}
+        with open(os.path.join(bundle, "BUNDLE.json")) as f:
+            self.result["bundle_info"] = json.load(f)
+        with open(os.path.join(self.inputs, "inputs.json")) as f:
+            self.info = json.load(f)
+        self.env = dict(os.environ, GLOG_minloglevel="0", GLOG_logtostderr="1",
+                        OPENBLAS_NUM_THREADS=os.environ.get("OPENBLAS_NUM_THREADS", "4"),
+                        NVIDIA_TF32_OVERRIDE="0")  # fp32 without TF32, both frameworks
+        self.gpu = [] if cpu else ["-gpu", "0"]
+
+    # ------------------------------------------------------------ plumbing
+    def save(self):
+        self.result["elapsed_s"] = round(time.time() - self.t0, 1)
+        tmp = os.path.join(self.out, "gpu_check.json.tmp")
+        with open(tmp, "w") as f:
+            json.dump(self.result, f, indent=1)
+        os.replace(tmp, os.path.join(self.out, "gpu_check.json"))
+
+    def sh(self, cmd, timeout, cwd=None, env=None):
+        """Runs cmd (list) in its own process group; (rc, output); rc None
+        when it ran past `timeout` (then the group is killed)."""
+        self.log.write(f"\n$ (cd {cwd or os.getcwd()} && {' '.join(cmd)})   [limit {timeout:.0f} s]\n")
+        self.log.flush()
+        start = time.time()
+        p = subprocess.Popen(cmd, cwd=cwd, env=env or self.env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        try:
+            out, _ = p.communicate(timeout=max(timeout, 1))
+            rc = p.returncode
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            out, _ = p.communicate()
+            rc = None
+        self.log.write(out + f"\n[rc {rc}, {time.time() - start:.1f} s]\n")
+        self.log.flush()
+        return rc, out
+
+    def caffe(self, args, timeout, cwd=None):
+        return self.sh([os.path.join(self.bundle, "run"), "caffe", *args], timeout, cwd=cwd or self.inputs)
+
+    def step(self, name, limit, fn):
+        left = self.deadline - time.time()
+        rec = {"limit_s": round(min(limit, max(left, 0)), 1)}
+        self.result["steps"][name] = rec
+        if left < 5:
+            rec.update(status="skipped", reason="no time left in the budget")
+            self.save()
+            return
+        print(f"[gpu_check {time.strftime('%H:%M:%S')}] {name} (limit {rec['limit_s']:.0f} s)", flush=True)
+        start = time.time()
+        try:
+            details = fn(min(limit, left)) or {}
+            rec.update(details)
+            rec.setdefault("status", "ok")
+        except StepFailed as e:
+            rec.update(e.details, status="failed", reason=str(e))
+        except Exception as e:  # noqa: BLE001 - a broken step must not stop the others
+            rec.update(status="failed", reason=f"{type(e).__name__}: {e}")
+        rec["seconds"] = round(time.time() - start, 1)
+        print(f"[gpu_check] {name}: {rec['status']}"
+              + (f" ({rec.get('reason')})" if rec.get("reason") else ""), flush=True)
+        self.save()
+
+    # ------------------------------------------------------------ steps
+    def device_query(self, limit):
+        if self.cpu:
+            rc, out = self.caffe(["--version"], limit)
+            return {"status": "ok" if rc == 0 else "failed", "note": "--cpu: no device; caffe --version",
+                    "output": out.strip()[-500:]}
+        info = {}
+        rc, out = self.sh(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm",
+                           "--format=csv,noheader"], min(limit, 15))
+        info["nvidia_smi"] = out.strip()
+        rc, out = self.caffe(["device_query", "-gpu", "0"], limit)
+        info["device_query"] = "\n".join(l.split("] ", 1)[-1] for l in out.splitlines() if "] " in l)[-3000:]
+        if rc != 0:
+            raise StepFailed(f"caffe device_query exited {rc}", info)
+        return info
+
+    def gtests(self, which, limit):
+        listed = self.sh([os.path.join(self.bundle, "run"), "test.testbin", "--gtest_list_tests"],
+                         60, cwd=self.bundle)[1]
+        ours = set(self.info["ext_suites"])
+        patterns, suite = [], None
+        for line in listed.splitlines():
+            entry = line.split("#")[0].strip()
+            if line.startswith(" ") or not entry.endswith("."):
+                continue  # a test name, or something the binary printed
+            suite = entry.rstrip(".")
+            parts = suite.split("/")
+            base = [q for q in parts if not q.isdigit()][-1]
+            index = next((int(q) for q in parts if q.isdigit()), None)
+            gpu = "GPU" in base or index in (2, 3)  # CUDA build: /2, /3 are GPU instances
+            if (base in ours) == (which == "ours") and gpu != self.cpu:
+                patterns.append(f"{suite}.*")
+        if not patterns:
+            raise StepFailed("no test selected (is this a CPU-only test binary?)", {})
+        xml = os.path.join(self.out, f"gtest_{which}.xml")
+        rc, out = self.sh([os.path.join(self.bundle, "run"), "test.testbin",
+                           "--gtest_filter=" + ":".join(patterns), f"--gtest_output=xml:{xml}"],
+                          limit, cwd=self.bundle)
+        passed = re.search(r"\[  PASSED  \] (\d+) test", out)
+        failed = sorted(set(re.findall(r"\[  FAILED  \] (\S+)", out)))
+        details = {"suites": len(patterns), "passed": int(passed.group(1)) if passed else 0,
+                   "failed": failed}
+        if os.path.exists(xml):
+            root = ET.parse(xml).getroot()
+            details["tests"] = int(root.get("tests", 0))
+            details["xml_failures"] = int(root.get("failures", 0))
+            details["gtest_time_s"] = float(root.get("time", 0) or 0)
+        if rc is None:
+            raise StepFailed(f"ran past {limit:.0f} s", details)
+        if rc != 0 or failed:
+            raise StepFailed(f"test.testbin exited {rc}, {len(failed)} failed", details)
+        return details
+
+    @staticmethod
+    def outputs(out):
+        """The `name = value` outputs that `caffe test` prints at its end."""
+        tail = out[out.rfind("Loss:"):] if "Loss:" in out else out
+        return {m.group(1): float(m.group(2))
+                for m in re.finditer(r"\] ([\w/:@.\[\]-]+) = ([-+0-9.eE]+|nan|inf)", tail)}
+
+    def gpu_vs_cpu(self, limit):
+        res = {}
+        bad = []
+        for v in self.info["variants"]:
+            args = ["test", f"-model=svgg/{v}/train_val.prototxt",
+                    f"-weights=svgg/{v}/init.caffemodel", "-iterations=2"]
+            rc1, cpu_out = self.caffe(args, limit / 4)
+            rc2, dev_out = self.caffe(args + self.gpu, limit / 4)
+            a, b = self.outputs(cpu_out), self.outputs(dev_out)
+            diffs = {k: abs(a[k] - b[k]) / max(abs(a[k]), 1e-6) for k in a if k in b}
+            res[v] = {"cpu": a, "device": b, "max_rel_diff": max(diffs.values()) if diffs else None}
+            if rc1 != 0 or rc2 != 0 or not a or set(a) != set(b) or max(diffs.values()) > 1e-3:
+                bad.append(v)
+        if bad:
+            raise StepFailed(f"outputs differ or a run failed: {bad}", {"nets": res})
+        return {"nets": res, "tolerance_rel": 1e-3}
+
+    def train(self, limit):
+        res, bad = {}, []
+        iters = self.info["train_iters"] if not self.cpu else 30
+        for v in self.info["variants"]:
+            src = os.path.join(self.inputs, "train", f"{v}_solver.prototxt")
+            text = re.sub(r"(?m)^max_iter:.*$", f"max_iter: {iters}", open(src).read())
+            text = re.sub(r'(?m)^net: "(.*)"', lambda m: f'net: "{os.path.join(self.inputs, m.group(1))}"', text)
+            solver = os.path.join(self.out, f"train_{v}_solver.prototxt")
+            with open(solver, "w") as f:
+                f.write(text)
+            rc, out = self.caffe(["train", f"-solver={solver}", *self.gpu], limit / len(self.info["variants"]))
+            losses = [float(x) for x in re.findall(r"Iteration \d+ \([^)]*\), loss = ([-+0-9.eE]+|nan)", out)]
+            if not losses:
+                losses = [float(x) for x in re.findall(r"Iteration \d+, loss = ([-+0-9.eE]+|nan)", out)]
+            speed = re.findall(r"Iteration \d+ \(([0-9.]+) iter/s", out)
+            q = max(len(losses) // 4, 1)
+            first, last = (sum(losses[:q]) / q, sum(losses[-q:]) / q) if losses else (None, None)
+            res[v] = {"iterations": iters, "losses": losses, "first_quarter_mean": first,
+                      "last_quarter_mean": last, "iter_per_s_last": float(speed[-1]) if speed else None,
+                      "rc": rc}
+            if rc != 0 or not losses or not last < first:
+                bad.append(v)
+        if bad:
+            raise StepFailed(f"did not train, or the loss did not fall: {bad}", {"nets": res})
+        return {"nets": res}
+
+    @staticmethod
+    def parse_time(out):
+        r = {}
+        for key, name in (("forward_ms", "Average Forward pass"), ("backward_ms", "Average Backward pass"),
+                          ("forward_backward_ms", "Average Forward-Backward")):
+            m = re.search(name + r": ([0-9.]+) ms", out)
+            r[key] = float(m.group(1)) if m else None
+        layers = {}
+        for m in re.finditer(r"\]\s+(\S+)\s+(forward|backward): ([0-9.]+) ms", out):
+            layers.setdefault(m.group(1), {})[m.group(2)] = float(m.group(3))
+        r["layers"] = layers
+        return r
+
+    def caffe_time(self, limit):
+        batch = 1 if self.cpu else 32
+        iters = 1 if self.cpu else 10
+        res, bad = {}, []
+        for v in self.info["variants"]:
+            rc, out = self.caffe(["time", f"-model=time/vgg16-{v}_b{batch}.prototxt",
+                                  f"-iterations={iters}", *self.gpu], limit / len(self.info["variants"]))
+            t = self.parse_time(out)
+            t.update(batch=batch, iterations=iters, rc=rc)
+            res[f"vgg16-{v}"] = t
+            if rc != 0 or t["forward_backward_ms"] is None:
+                bad.append(v)
+        if bad:
+            raise StepFailed(f"caffe time failed: {bad}", {"nets": res})
+        return {"nets": res, "cudnn": False, "tf32": "off (NVIDIA_TF32_OVERRIDE=0)"}
+
+    def unpool_bandwidth(self, limit):
+        batch = 2 if self.cpu else 32
+        n, c, h, w = self.info["unpool_input_shapes"][f"unpool_b{batch}"]
+        rc, out = self.caffe(["time", f"-model=time/unpool_b{batch}.prototxt", "-iterations=20", *self.gpu], limit)
+        t = self.parse_time(out)
+        if rc != 0 or "unpool_known" not in t["layers"]:
+            raise StepFailed(f"caffe time exited {rc}", {"time": t})
+        x = n * c * h * w * 4              # bytes of the pooling input = the unpooled output
+        p = x // 4                         # bytes of the pooled values (and of the mask)
+        copy_ms = t["layers"]["copy"]["forward"]
+        copy_bw = 2 * x / (copy_ms * 1e-3) / 1e9 if copy_ms else None
+        res = {"input_shape": [n, c, h, w], "copy": {"ms": copy_ms, "GB_per_s": copy_bw,
+                                                     "bytes": 2 * x}}
+        # minimum traffic: forward reads values (+ switches) and writes the
+        # whole output; backward reads the switches (known) and one gradient
+        # value per pooled value, and writes the pooled gradient
+        traffic = {"unpool_known": {"forward": 2 * p + x, "backward": 3 * p},
+                   "unpool_fixed": {"forward": p + x, "backward": 2 * p}}
+        for layer, passes in traffic.items():
+            for direction, nbytes in passes.items():
+                ms = t["layers"][layer].get(direction)
+                bw = nbytes / (ms * 1e-3) / 1e9 if ms else None
+                res[f"{layer}_{direction}"] = {"ms": ms, "bytes": nbytes, "GB_per_s": bw,
+                                               "fraction_of_copy": bw / copy_bw if bw and copy_bw else None}
+        res["pool_forward_ms"] = t["layers"].get("pool", {}).get("forward")
+        return res
+
+    def pytorch(self, limit):
+        res, start = {}, time.time()
+        probe = self.sh([self.python, "-c", "import torch; print(torch.__version__, torch.cuda.is_available())"], 60)
+        if probe[0] != 0:
+            return {"status": "skipped", "reason": f"{self.python} has no torch"}
+        res["torch"] = probe[1].strip().splitlines()[-1]
+        device = "cpu" if self.cpu else "cuda"
+        batch = 1 if self.cpu else 32
+        bench = os.path.join(REPO, "bench", "bench_vs_pytorch.py")
+        env = dict(self.env, PYTHONPATH=os.path.join(self.bundle, "python"))  # standalone caffe_pb2
+        if os.path.exists(bench):
+            rc, helptext = self.sh([self.python, bench, "--help"], 60, env=env)
+            if rc == 0 and "--torch-only" in helptext and "--device" in helptext:
+                for v in self.info["variants"]:
+                    j = os.path.join(self.out, f"torch_vgg16-{v}.json")
+                    rc, out = self.sh([self.python, bench, "--torch-only", "--device", device,
+                                       "--json", j, os.path.join(self.inputs, "time", f"vgg16-{v}_b{batch}.prototxt")],
+                                      limit / 3, env=env)
+                    res[f"bench_vgg16-{v}"] = json.load(open(j)) if rc == 0 and os.path.exists(j) else \
+                        {"status": "failed", "rc": rc, "tail": out[-1500:]}
+            else:
+                res["bench"] = "skipped: bench/bench_vs_pytorch.py has no --torch-only --device mode " \
+                               "(the Caffe side needs pycaffe, which cannot load here)"
+        else:
+            res["bench"] = "skipped: no bench/bench_vs_pytorch.py"
+        # Plain PyTorch VGG16 (the baseline's graph) and a device copy, same process
+        rc, out = self.sh([self.python, "-c", TORCH_SNIPPET, device, str(batch)],
+                          max(limit - (time.time() - start), 10), env=env)
+        try:
+            res["plain_torch"] = json.loads(out.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            raise StepFailed(f"plain PyTorch timing exited {rc}", res)
+        return res
+
+
+TORCH_SNIPPET = r"""
+import json, sys, time, torch
+dev, batch = sys.argv[1], int(sys.argv[2])
+torch.backends.cuda.matmul.allow_tf32 = False
+torch.backends.cudnn.allow_tf32 = False
+cfg = [64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512, 'M', 512, 512, 512, 'M']
+layers, c = [], 3
+for v in cfg:
+    if v == 'M':
+        layers.append(torch.nn.MaxPool2d(2, 2))
+    else:
+        layers += [torch.nn.Conv2d(c, v, 3, padding=1), torch.nn.ReLU(inplace=True)]; c = v
+net = torch.nn.Sequential(*layers, torch.nn.Flatten(), torch.nn.Linear(512 * 49, 4096), torch.nn.ReLU(True),
+                          torch.nn.Dropout(), torch.nn.Linear(4096, 4096), torch.nn.ReLU(True),
+                          torch.nn.Dropout(), torch.nn.Linear(4096, 1000)).to(dev)
+x = torch.randn(batch, 3, 224, 224, device=dev); y = torch.zeros(batch, dtype=torch.long, device=dev)
+loss_fn = torch.nn.CrossEntropyLoss()
+sync = torch.cuda.synchronize if dev == 'cuda' else (lambda: None)
+def step():
+    net.zero_grad(set_to_none=True); loss_fn(net(x), y).backward()
+iters = 10 if dev == 'cuda' else 1
+for _ in range(2 if dev == 'cuda' else 1): step()
+sync(); t = time.perf_counter()
+for _ in range(iters): step()
+sync(); fb = (time.perf_counter() - t) / iters * 1e3
+with torch.no_grad():
+    sync(); t = time.perf_counter()
+    for _ in range(iters): net(x)
+    sync(); fw = (time.perf_counter() - t) / iters * 1e3
+res = {"net": "vgg16 (plain torch.nn, baseline graph)", "batch": batch, "device": dev,
+       "forward_ms": fw, "forward_backward_ms": fb, "tf32": False}
+if dev == 'cuda':
+    res["gpu"] = torch.cuda.get_device_name(0)
+    a = torch.empty(32 * 64 * 224 * 224, device=dev); b = torch.empty_like(a)
+    for _ in range(3): b.copy_(a)
+    sync(); t = time.perf_counter()
+    for _ in range(20): b.copy_(a)
+    sync(); ms = (time.perf_counter() - t) / 20 * 1e3
+    res["d2d_copy"] = {"bytes": 2 * a.numel() * 4, "ms": ms, "GB_per_s": 2 * a.numel() * 4 / ms / 1e6}
+print(json.dumps(res))
+"""
+
+
+class StepFailed(Exception):
+    def __init__(self, msg, details):
+        super().__init__(msg)
+        self.details = details
+
+
+def main():
+    ap = argparse.ArgumentParser(description="tools/gpu_check.sh BUNDLE OUT [--cpu]")
+    ap.add_argument("bundle")
+    ap.add_argument("out")
+    ap.add_argument("--cpu", action="store_true", help="the same steps on the CPU (no -gpu): a dry run")
+    ap.add_argument("--budget", type=float, default=285, help="seconds for the whole check (default 285)")
+    ap.add_argument("--python", default="python3", help="python with PyTorch (default python3)")
+    ap.add_argument("--steps", help="comma-separated subset of the steps")
+    a = ap.parse_args()
+    bundle = os.path.abspath(a.bundle)
+    os.makedirs(a.out, exist_ok=True)
+    c = Check(bundle, os.path.abspath(a.out), a.cpu, a.budget, a.python)
+    steps = [("device_query", 30, c.device_query),
+             ("gtest_ours", 60, lambda l: c.gtests("ours", l)),
+             ("gpu_vs_cpu", 40, c.gpu_vs_cpu),
+             ("train", 50, c.train),
+             ("caffe_time", 70, c.caffe_time),
+             ("unpool_bandwidth", 25, c.unpool_bandwidth),
+             ("gtest_upstream", 90, lambda l: c.gtests("upstream", l)),
+             ("pytorch", 60, c.pytorch)]
+    wanted = set(a.steps.split(",")) if a.steps else None
+    for name, limit, fn in steps:
+        if wanted is None or name in wanted:
+            c.step(name, limit, fn)
+    c.save()
+    bad = [k for k, v in c.result["steps"].items() if v["status"] == "failed"]
+    print(f"[gpu_check] done in {time.time() - c.t0:.0f} s: {os.path.join(a.out, 'gpu_check.json')}"
+          + (f"; failed: {', '.join(bad)}" if bad else ""))
+    sys.exit(1 if bad else 0)
+
+
+if __name__ == "__main__":
+    main()
