@@ -4,17 +4,36 @@ what recon-dec relies on) against our patched build, CPU mode.
 Every TEST / TEST_F / TYPED_TEST that a caffe_ext test file compiles in (its
 #if/#ifdef blocks followed with the build's own -D flags) must be in
 `test.testbin --gtest_list_tests` and must pass: a new layer's test cannot be
-left out of the build or the run silently."""
+left out of the build or the run silently.
+
+Tests are selected by instance: a CUDA build instantiates each typed test on
+CPUDevice and GPUDevice (`/0`, `/1` CPU, `/2`, `/3` GPU, as the list's
+TypeParam says); the CPU instances always run, the GPU ones (and *GPU*
+suites) only where a GPU is present, else they are skipped with a message.
+On a CUDA build without a GPU the prefetching data layers' CPU tests are
+skipped too: their thread asks the CUDA runtime for the device even in CPU
+mode and aborts. RECON_DEC_GTEST_BUILD=DIR runs another build tree's binary
+(e.g. build-cuda-lean)."""
 import functools
+import os
+import pathlib
 import re
+import shutil
 import subprocess
 
 import pytest
 
-from conftest import BUILD, REPO
+from conftest import BUILD as _BUILD, REPO
 
+BUILD = pathlib.Path(os.environ.get("RECON_DEC_GTEST_BUILD", _BUILD)).resolve()
 TESTBIN = BUILD / "caffe-build" / "test" / "test.testbin"
 SOURCE_ROOT = BUILD / "caffe-src"  # upstream tests expect to run from here
+# Suites of data layers that prefetch in Caffe's InternalThread, which calls
+# cudaGetDevice in a CUDA build whatever the mode (error 35 without a GPU).
+PREFETCHING = {"ScaleJitterDataLayerTest", "DataLayerTest", "ImageDataLayerTest"}
+NO_DEVICE = ("a CUDA build's prefetching data layer queries the CUDA device even in CPU "
+             "mode (InternalThread: cudaGetDevice), which aborts without a GPU; "
+             "these run on a machine with one")
 # Where Caffe's (Makefile) build keeps test.testbin's compile flags.
 FLAGS_MAKE = (BUILD / "caffe-build" / "src" / "caffe" / "test" / "CMakeFiles"
               / "test.testbin.dir" / "flags.make")
@@ -34,6 +53,61 @@ def run_gtests(gtest_filter):
     assert proc.returncode == 0 and passed, out[-6000:]
     assert "FAILED" not in proc.stdout, out[-6000:]
     return int(passed.group(1)), out
+
+
+@functools.lru_cache(maxsize=None)
+def suite_instances():
+    """{suite instance as gtest names it ('UnpoolingLayerTest/2', 'NetTest'):
+    'gpu' or 'cpu'}, from the list's TypeParam comments and suite names."""
+    if not TESTBIN.exists():
+        pytest.fail(f"{TESTBIN} missing: run tools/setup.sh")
+    proc = subprocess.run([str(TESTBIN), "--gtest_list_tests"], cwd=SOURCE_ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    found = {}
+    for line in proc.stdout.splitlines():
+        entry, _, comment = line.partition("#")
+        entry = entry.strip()
+        if line.startswith(" ") or not entry.endswith("."):
+            continue
+        instance = entry.rstrip(".")
+        found[instance] = "gpu" if "GPU" in base_suite(instance) or "GPUDevice" in comment else "cpu"
+    return found
+
+
+def base_suite(instance):
+    """'UnpoolingLayerTest' of 'UnpoolingLayerTest/2' (or of 'Prefix/Suite/0')."""
+    return [p for p in instance.split("/") if not p.isdigit()][-1]
+
+
+def cuda_build():
+    return "CPU_ONLY" not in build_defines()
+
+
+@functools.lru_cache(maxsize=None)
+def gpu_present():
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return False
+    proc = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=60)
+    return proc.returncode == 0 and "GPU" in proc.stdout
+
+
+def selection(suites, device):
+    """(gtest filter of the `device` instances of the base `suites`, suites
+    left out because they need a device this machine lacks). Skips the
+    test when a GPU is asked for and there is none."""
+    if device == "gpu" and not cuda_build():
+        pytest.skip("CPU-only build: no GPU instances")
+    if device == "gpu" and not gpu_present():
+        pytest.skip("CUDA build, but no GPU on this machine (nvidia-smi -L): the GPU "
+                    "instances (/2, /3, *GPU* suites) run on a GPU machine (tools/gpu_check.sh)")
+    left_out = set()
+    if device == "cpu" and cuda_build() and not gpu_present():
+        left_out = set(suites) & PREFETCHING
+    chosen = sorted(i for i, d in suite_instances().items()
+                    if d == device and base_suite(i) in set(suites) - left_out)
+    return ":".join(f"{i}.*" for i in chosen), sorted(left_out)
 
 
 @functools.lru_cache(maxsize=None)
@@ -145,37 +219,52 @@ def test_every_caffe_ext_gtest_is_built(source):
         "(CMakeLists.txt globs caffe_ext/src/caffe/test/test_*.cpp).")
 
 
+@pytest.mark.parametrize("device", ["cpu", "gpu"])
 @pytest.mark.parametrize("source", EXT_TEST_FILES, ids=lambda p: p.name)
-def test_every_caffe_ext_gtest_passes(source):
-    # Suites named *GPU* are left out as in the test below (CPU mode).
-    tests = [(s, n) for s, n in compiled_tests(source, build_defines()) if "GPU" not in s]
+def test_every_caffe_ext_gtest_passes(source, device):
+    tests = compiled_tests(source, build_defines())
     if not tests:
-        pytest.skip(f"{source.name}: no CPU test compiled into this build")
+        pytest.skip(f"{source.name}: no test compiled into this build")
     suites = sorted({suite for suite, _ in tests})
-    _, out = run_gtests(":".join(f"{s}.*:{s}/*:*/{s}/*" for s in suites) + ":-*GPU*")
-    not_run = [f"{suite}.{name}" for suite, name in tests
-               if not re.search(rf"\[       OK \] (\w+/)?{suite}(/\d+)?\.{name} ", out)]
+    gtest_filter, left_out = selection(suites, device)
+    if not gtest_filter:
+        pytest.skip(f"{source.name}: no {device.upper()} instance in this build"
+                    + (f" ({', '.join(left_out)}: {NO_DEVICE})" if left_out else ""))
+    _, out = run_gtests(gtest_filter)
+    run_instances = [i for i in gtest_filter.replace(".*", "").split(":")]
+    not_run = [f"{inst}.{name}" for inst in run_instances
+               for suite, name in tests if base_suite(inst) == suite
+               and not re.search(rf"\[       OK \] {re.escape(inst)}\.{name} ", out)]
     assert not not_run, f"did not pass: {not_run}\n{out[-3000:]}"
+    if left_out:
+        pytest.skip(f"passed; {', '.join(left_out)} not run: {NO_DEVICE}")
 
 
-def test_unpooling_gtests():
-    # 12 tests x {float, double} on the CPU, gradient checks included (a
-    # CUDA build adds the GPU instances /2, /3 of each: twice as many)
-    passed, out = run_gtests("UnpoolingLayerTest*:-*GPU*")
-    assert passed == (24 if "CPU_ONLY" in build_defines() else 48), out[-3000:]
+@pytest.mark.parametrize("device", ["cpu", "gpu"])
+def test_unpooling_gtests(device):
+    # 12 tests x {float, double}, gradient checks included, per device (a
+    # CUDA build has the GPU instances /2, /3 and UnpoolingLayerGPUTest's 2)
+    gtest_filter, _ = selection(["UnpoolingLayerTest", "UnpoolingLayerGPUTest"], device)
+    passed, out = run_gtests(gtest_filter)
+    assert passed == (24 if device == "cpu" else 26), out[-3000:]
+    first = 0 if device == "cpu" else 2
     for name in ("TestGradientKnownSwitches", "TestGradientFixedSwitches",
                  "TestRoundTrip", "TestKnownSwitches3x3Overlap",
                  "TestSwitchOutsideWindow"):
-        for dtype in (0, 1):  # float, double
+        for dtype in (first, first + 1):  # float, double
             assert f"[       OK ] UnpoolingLayerTest/{dtype}.{name}" in out
 
 
+@pytest.mark.parametrize("device", ["cpu", "gpu"])
 @pytest.mark.parametrize("suite", [
     "PoolingLayerTest", "ConvolutionLayerTest", "DeconvolutionLayerTest",
     "InnerProductLayerTest", "EuclideanLossLayerTest", "SoftmaxWithLossLayerTest",
     "NetTest", "SGDSolverTest", "ReshapeLayerTest", "NeuronLayerTest",
     "NetUpgradeTest",
 ])
-def test_upstream_gtests(suite):
-    passed, _ = run_gtests(f"{suite}*:-*GPU*")
+def test_upstream_gtests(suite, device):
+    gtest_filter, _ = selection([suite], device)
+    if not gtest_filter:
+        pytest.skip(f"{suite}: no {device.upper()} instance")
+    passed, _ = run_gtests(gtest_filter)
     assert passed >= 3

@@ -115,14 +115,14 @@ class Check:
         ours = set(self.info["ext_suites"])
         patterns, suite = [], None
         for line in listed.splitlines():
-            entry = line.split("#")[0].strip()
+            entry, _, comment = line.partition("#")
+            entry = entry.strip()
             if line.startswith(" ") or not entry.endswith("."):
                 continue  # a test name, or something the binary printed
             suite = entry.rstrip(".")
-            parts = suite.split("/")
-            base = [q for q in parts if not q.isdigit()][-1]
-            index = next((int(q) for q in parts if q.isdigit()), None)
-            gpu = "GPU" in base or index in (2, 3)  # CUDA build: /2, /3 are GPU instances
+            base = [q for q in suite.split("/") if not q.isdigit()][-1]
+            # typed instances on GPUDevice (/2, /3 of TestDtypesAndDevices), *GPU* suites
+            gpu = "GPU" in base or "GPUDevice" in comment
             if (base in ours) == (which == "ours") and gpu != self.cpu:
                 patterns.append(f"{suite}.*")
         if not patterns:
