@@ -5,6 +5,7 @@ VGG on raw LMDB digits, made by tools/gpu_check_inputs.py) in a scrubbed
 environment; the dynamic loader's own trace (LD_DEBUG=libs) shows that every
 shared library it loaded came from the bundle, except glibc, libstdc++,
 libgcc_s and libz, which every target has. No root, no namespaces."""
+import json
 import os
 import re
 import subprocess
@@ -107,3 +108,23 @@ def test_bundle_refuses_a_cuda_less_build_as_cuda(tmp_path):
                            "--no-tar", str(tmp_path / "b")], capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert "links no CUDA library" in proc.stderr
+
+
+def test_gpu_check_dry_run_on_the_relocated_bundle(bundle, tmp_path):
+    # tools/gpu_check.sh --cpu, the steps the quick inputs allow: the script,
+    # its parsers and its JSON are exercised here; the GPU run uses the same
+    proc = subprocess.run(["bash", str(REPO / "tools/gpu_check.sh"), str(bundle), str(tmp_path / "out"),
+                           "--cpu", "--steps", "device_query,gpu_vs_cpu,train,gtest_ours"],
+                          capture_output=True, text=True, timeout=300,
+                          env={"PATH": "/usr/bin:/bin", "OPENBLAS_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    steps = result["steps"]
+    assert {k: v["status"] for k, v in steps.items()} == dict.fromkeys(
+        ["device_query", "gpu_vs_cpu", "train", "gtest_ours"], "ok")
+    net = steps["gpu_vs_cpu"]["nets"]["baseline"]
+    assert set(net["cpu"]) >= {"loss", "accuracy/top-1"} and net["max_rel_diff"] == 0
+    train = steps["train"]["nets"]["baseline"]
+    assert len(train["losses"]) == 30 and train["last_quarter_mean"] < train["first_quarter_mean"]
+    assert steps["gtest_ours"]["passed"] >= 100 and not steps["gtest_ours"]["failed"]
+    assert (tmp_path / "out" / "log.txt").stat().st_size > 0
