@@ -94,7 +94,18 @@ class Check:
         self.save()
 
     # ------------------------------------------------------------ steps
+    def loaded_libraries(self):
+        """Where each shared library of `caffe` comes from on this machine
+        (the loader's own trace): the bundle, CUDA's wheels/toolkit, the system."""
+        env = dict(self.env, LD_DEBUG="libs")
+        rc, out = self.sh([os.path.join(self.bundle, "run"), "caffe", "--version"], 30, env=env)
+        paths = sorted(set(re.findall(r"calling init: (.*\S)", out)))
+        return {"rc": rc, "from_bundle": [os.path.basename(p) for p in paths if p.startswith(self.bundle + "/")],
+                "from_elsewhere": [p for p in paths if not p.startswith(self.bundle + "/")],
+                "not_found": sorted(set(re.findall(r"error while loading shared libraries: (\S+)", out)))}
+
     def device_query(self, limit):
+        self.result["libraries_loaded"] = self.loaded_libraries()
         if self.cpu:
             rc, out = self.caffe(["--version"], limit)
             return {"status": "ok" if rc == 0 else "failed", "note": "--cpu: no device; caffe --version",
@@ -134,6 +145,7 @@ class Check:
         passed = re.search(r"\[  PASSED  \] (\d+) test", out)
         failed = sorted(set(re.findall(r"\[  FAILED  \] (\S+)", out)))
         details = {"suites": len(patterns), "passed": int(passed.group(1)) if passed else 0,
+                   "ok_lines": len(re.findall(r"\[       OK \] ", out)),  # what passed before a timeout
                    "failed": failed}
         if os.path.exists(xml):
             root = ET.parse(xml).getroot()
@@ -255,6 +267,8 @@ class Check:
     def pytorch(self, limit):
         res, start = {}, time.time()
         probe = self.sh([self.python, "-c", "import torch; print(torch.__version__, torch.cuda.is_available())"], 60)
+        if probe[0] is None:
+            raise StepFailed(f"{self.python}: importing torch ran past 60 s", res)
         if probe[0] != 0:
             return {"status": "skipped", "reason": f"{self.python} has no torch"}
         res["torch"] = probe[1].strip().splitlines()[-1]
@@ -278,7 +292,8 @@ class Check:
         else:
             res["bench"] = "skipped: no bench/bench_vs_pytorch.py"
         # Plain PyTorch VGG16 (the baseline's graph) and a device copy, same process
-        rc, out = self.sh([self.python, "-c", TORCH_SNIPPET, device, str(batch)],
+        size = 64 if self.cpu else 224  # --cpu: a smaller image, the script is what is checked
+        rc, out = self.sh([self.python, "-c", TORCH_SNIPPET, device, str(batch), str(size)],
                           max(limit - (time.time() - start), 10), env=env)
         try:
             res["plain_torch"] = json.loads(out.strip().splitlines()[-1])
@@ -289,7 +304,7 @@ class Check:
 
 TORCH_SNIPPET = r"""
 import json, sys, time, torch
-dev, batch = sys.argv[1], int(sys.argv[2])
+dev, batch, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
 cfg = [64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512, 'M', 512, 512, 512, 'M']
@@ -299,10 +314,10 @@ for v in cfg:
         layers.append(torch.nn.MaxPool2d(2, 2))
     else:
         layers += [torch.nn.Conv2d(c, v, 3, padding=1), torch.nn.ReLU(inplace=True)]; c = v
-net = torch.nn.Sequential(*layers, torch.nn.Flatten(), torch.nn.Linear(512 * 49, 4096), torch.nn.ReLU(True),
+net = torch.nn.Sequential(*layers, torch.nn.AdaptiveAvgPool2d(7), torch.nn.Flatten(), torch.nn.Linear(512 * 49, 4096), torch.nn.ReLU(True),
                           torch.nn.Dropout(), torch.nn.Linear(4096, 4096), torch.nn.ReLU(True),
                           torch.nn.Dropout(), torch.nn.Linear(4096, 1000)).to(dev)
-x = torch.randn(batch, 3, 224, 224, device=dev); y = torch.zeros(batch, dtype=torch.long, device=dev)
+x = torch.randn(batch, 3, size, size, device=dev); y = torch.zeros(batch, dtype=torch.long, device=dev)
 loss_fn = torch.nn.CrossEntropyLoss()
 sync = torch.cuda.synchronize if dev == 'cuda' else (lambda: None)
 def step():
@@ -316,7 +331,7 @@ with torch.no_grad():
     sync(); t = time.perf_counter()
     for _ in range(iters): net(x)
     sync(); fw = (time.perf_counter() - t) / iters * 1e3
-res = {"net": "vgg16 (plain torch.nn, baseline graph)", "batch": batch, "device": dev,
+res = {"net": "vgg16 (plain torch.nn, baseline graph)", "batch": batch, "size": size, "device": dev,
        "forward_ms": fw, "forward_backward_ms": fb, "tf32": False}
 if dev == 'cuda':
     res["gpu"] = torch.cuda.get_device_name(0)
@@ -355,7 +370,7 @@ def main():
              ("caffe_time", 70, c.caffe_time),
              ("unpool_bandwidth", 25, c.unpool_bandwidth),
              ("gtest_upstream", 90, lambda l: c.gtests("upstream", l)),
-             ("pytorch", 60, c.pytorch)]
+             ("pytorch", 90, c.pytorch)]
     wanted = set(a.steps.split(",")) if a.steps else None
     for name, limit, fn in steps:
         if wanted is None or name in wanted:
