@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import xml.etree.ElementTree as ET
 
@@ -31,6 +32,8 @@ class Check:
         self.log = open(os.path.join(out, "log.txt"), "a")
         self.result = {"mode": "cpu" if cpu else "gpu", "bundle": bundle,
                        "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "budget_s": budget, "steps": {}}
+        if not os.path.exists(os.path.join(self.inputs, "inputs.json")):
+            sys.exit(f"gpu_check: {self.inputs}/inputs.json missing: a bundle made with --no-inputs?")
         with open(os.path.join(bundle, "BUNDLE.json")) as f:
             self.result["bundle_info"] = json.load(f)
         with open(os.path.join(self.inputs, "inputs.json")) as f:
@@ -39,6 +42,8 @@ class Check:
                         OPENBLAS_NUM_THREADS=os.environ.get("OPENBLAS_NUM_THREADS", "4"),
                         NVIDIA_TF32_OVERRIDE="0")  # fp32 without TF32, both frameworks
         self.gpu = [] if cpu else ["-gpu", "0"]
+        # files that need not come back (the device tool returns at most 8 from OUT)
+        self.scratch = tempfile.mkdtemp(prefix="gpu_check.")
 
     # ------------------------------------------------------------ plumbing
     def save(self):
@@ -189,7 +194,7 @@ class Check:
             src = os.path.join(self.inputs, "train", f"{v}_solver.prototxt")
             text = re.sub(r"(?m)^max_iter:.*$", f"max_iter: {iters}", open(src).read())
             text = re.sub(r'(?m)^net: "(.*)"', lambda m: f'net: "{os.path.join(self.inputs, m.group(1))}"', text)
-            solver = os.path.join(self.out, f"train_{v}_solver.prototxt")
+            solver = os.path.join(self.scratch, f"train_{v}_solver.prototxt")
             with open(solver, "w") as f:
                 f.write(text)
             rc, out = self.caffe(["train", f"-solver={solver}", *self.gpu], limit / len(self.info["variants"]))

@@ -20,8 +20,11 @@
 #   pytorch           bench/bench_vs_pytorch.py --torch-only --device cuda if it has that
 #                     mode; plain PyTorch VGG16 and a torch device-to-device copy
 # OUT: gpu_check.json (rewritten after each step), log.txt (every command's
-# output), gtest_*.xml. --cpu runs the same steps on the CPU (no -gpu; batch 1
+# output), gtest_*.xml, torch_*.json: at most 6 files (the device tool brings
+# back 8). --cpu runs the same steps on the CPU (no -gpu; batch 1
 # or 2 for the timings): the dry run that proves the script.
-# Exit status 0 when no step failed.
+# Exit status 0 when no step failed. From the device tool, in one call:
+#   command: tar xJf gpu-bundle.tar.xz -C /tmp && bash tools/gpu_check.sh /tmp/gpu-bundle $OUT
+#   carry: ["gpu-bundle.tar.xz"], timeout_s: 420
 set -euo pipefail
 exec python3 "$(dirname "$0")/gpu_check.py" "$@"
