@@ -6,7 +6,8 @@
 #   tar xJf gpu-bundle.tar.xz -C /tmp && tools/gpu_check.sh /tmp/gpu-bundle $OUT
 #
 # usage: tools/gpu_check.sh BUNDLE OUT [--cpu] [--budget S] [--python PY] [--steps a,b]
-# Steps, each time-boxed, the whole within --budget (285 s), a failed step
+# Steps, each time-boxed, the whole within --budget (285 s; --cpu 900 s and
+# every limit x3), a failed step
 # recorded and the rest run on:
 #   device_query      nvidia-smi; caffe device_query -gpu 0
 #   gtest_ours        our layers' gtests, GPU instances (/2, /3 and *GPU* suites):
