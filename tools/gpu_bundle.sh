@@ -22,9 +22,9 @@
 # and the runtime closure less what every GPU machine has: glibc, libstdc++,
 # libgcc_s, libz; CUDA's libraries come from the machine's wheels/toolkit),
 # run (the launcher: `OUT/run caffe ...` sets the library path for that command
-# only), test_data/ (what test.testbin reads: run it from OUT), inputs/ (the
-# prepared inputs of tools/gpu_check.sh, when given by --inputs DIR),
-# MANIFEST.tsv (file, origin Debian package, bytes) and BUNDLE.json.
+# only), src/caffe/test/test_data/ (what test.testbin reads: run it from OUT),
+# python/caffe/proto/caffe_pb2.py (protoc's, loads without pycaffe), inputs/
+# (tools/gpu_check.sh's, from tools/gpu_check_inputs.py), MANIFEST.tsv (file, origin Debian package, bytes) and BUNDLE.json.
 # Every ELF is stripped and its RUNPATH rewritten to $ORIGIN-relative; the
 # check that no symbol version is newer than GLIBC 2.36 / GLIBCXX_3.4.30
 # (gcc 12) / CXXABI_1.3.13 fails the script.
@@ -41,7 +41,7 @@ while [ $# -gt 0 ]; do
     --no-inputs) no_inputs=1 ;;
     --build-only) build_only=1 ;;
     --no-tar) tar=0 ;;
-    -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^set -e/p' "$0" | sed '$d'; exit 0 ;;
     -*) echo "gpu_bundle: unknown option $1" >&2; exit 2 ;;
     *) [ -z "$out" ] || { echo "gpu_bundle: one OUT only" >&2; exit 2; }; out=$1 ;;
   esac

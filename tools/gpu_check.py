@@ -358,7 +358,7 @@ class StepFailed(Exception):
 
 
 def main():
-    ap = argparse.ArgumentParser(description="tools/gpu_check.sh BUNDLE OUT [--cpu]")
+    ap = argparse.ArgumentParser(description="The device check of issue 16: see tools/gpu_check.sh")
     ap.add_argument("bundle")
     ap.add_argument("out")
     ap.add_argument("--cpu", action="store_true", help="the same steps on the CPU (no -gpu): a dry run")
