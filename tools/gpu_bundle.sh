@@ -24,7 +24,8 @@
 # run (the launcher: `OUT/run caffe ...` sets the library path for that command
 # only), src/caffe/test/test_data/ (what test.testbin reads: run it from OUT),
 # python/caffe/proto/caffe_pb2.py (protoc's, loads without pycaffe), inputs/
-# (tools/gpu_check.sh's, from tools/gpu_check_inputs.py), MANIFEST.tsv (file, origin Debian package, bytes) and BUNDLE.json.
+# (tools/gpu_check.sh's, from tools/gpu_check_inputs.py), MANIFEST.tsv (file,
+# origin Debian package, bytes) and BUNDLE.json.
 # Every ELF is stripped and its RUNPATH rewritten to $ORIGIN-relative; the
 # check that no symbol version is newer than GLIBC 2.36 / GLIBCXX_3.4.30
 # (gcc 12) / CXXABI_1.3.13 fails the script.
