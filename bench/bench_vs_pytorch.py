@@ -32,7 +32,9 @@ What is compared:
   formulas of their C++ ...); weights shared by name in Caffe are one tensor
   in PyTorch; a layer type with no mapping stops the run with its name;
 - the update is the solver's type (SGD with momentum, Adam, ...) with Caffe's
-  lr_mult/decay_mult as PyTorch parameter groups; iter_size is 1 in both;
+  lr_mult/decay_mult as PyTorch parameter groups; iter_size is 1 in both; the
+  learning rate is 0 in both (all of the update's arithmetic is still done:
+  random inputs would otherwise drive VGG16 to NaN in a few steps);
 - Caffe and PyTorch each run in their own process (one library's idle
   threads never compete with the other's), alternately, --rounds times;
   the table shows the median iteration;
@@ -231,11 +233,21 @@ def solver_settings(solver_path):
     return s
 
 
+def timing_settings(s):
+    """The solver as timed: its type and hyperparameters, the learning rate
+    0 in both frameworks. The update's arithmetic is done in full either way
+    (momentum / moment estimates, weight decay, the step), but the weights
+    stay put: fixed random inputs and random weights otherwise drive some
+    nets (VGG16) to NaN within a few steps, and Caffe's MAX pooling then
+    writes its gradient to index -1 (heap corruption at exit)."""
+    return dict(s, base_lr=0.0)
+
+
 def write_caffe_solver(path, net_file, s):
     sp = pb2().SolverParameter()
     sp.net = str(net_file)
     sp.type = s["type"]
-    sp.base_lr = s["base_lr"]
+    sp.base_lr = 0  # see timing_settings
     sp.lr_policy = "fixed"
     sp.momentum = s["momentum"]
     if s["type"] == "Adam":
@@ -333,6 +345,8 @@ def worker_caffe(spec):
     result["fwd_bwd"] = timed_loop(fwd_bwd, spec["warmup"], spec["iters"])
     if spec["solver"]:
         result["step"] = timed_loop(lambda: solver.step(1), 1, spec["iters"])
+    net.forward()
+    result["finite"] = all(np.isfinite(v) for v, _ in caffe_losses(net, protos_timed).values())
     return result
 
 
@@ -972,7 +986,7 @@ def worker_torch(spec):
         result["flops"] = tnet.flops
         del tnet
     tnet = TorchNet(protos.read_net(spec["timed_net"]), weights_npz, meta, inputs)
-    opt = torch_optimizer(torch, tnet, spec["solver_settings"])
+    opt = torch_optimizer(torch, tnet, timing_settings(spec["solver_settings"]))
 
     def fwd_bwd():
         opt.zero_grad()
@@ -985,6 +999,8 @@ def worker_torch(spec):
     result["flops_timed"] = tnet.flops
     if spec["solver"]:
         result["step"] = timed_loop(step, 1, spec["iters"])
+    with torch.no_grad():
+        result["finite"] = bool(torch.isfinite(tnet.forward()))
     return result
 
 
@@ -1090,6 +1106,7 @@ def bench_one(label, net_path, solver_path, args, work):
            "caffe_step_ms": med("caffe", "step"), "torch_step_ms": med("torch", "step"),
            "gflop": flops / 1e9, "loss_total": (total_c, total_t), "loss_rel": loss_rel,
            "grad_rel": grad_rel, "grad_worst": worst, "shape_mismatch": shape_bad,
+           "finite": all(run["finite"] for k in runs for run in runs[k]),
            "ok": loss_rel <= args.rtol and grad_rel <= args.grad_rtol and not shape_bad}
     row["ratio"] = row["torch_ms"] / row["caffe_ms"]
     row["step_ratio"] = row["torch_step_ms"] / row["caffe_step_ms"]
@@ -1223,7 +1240,8 @@ def main(argv=None):
               f"step {row['caffe_step_ms']:.1f} / {row['torch_step_ms']:.1f} ms; losses {row['loss_total'][0]:.6g} / "
               f"{row['loss_total'][1]:.6g} (max rel. diff {row['loss_rel']:.1e}), gradients max rel. diff "
               f"{row['grad_rel']:.1e} ({row['grad_worst']}){'' if row['ok'] else ' MISMATCH'}"
-              f"{' shapes differ: ' + ', '.join(row['shape_mismatch']) if row['shape_mismatch'] else ''} "
+              f"{' shapes differ: ' + ', '.join(row['shape_mismatch']) if row['shape_mismatch'] else ''}"
+              f"{'' if row['finite'] else ' (a timed loss went non-finite)'} "
               f"[{time.time() - t:.0f} s]", flush=True)
     print()
     print(fmt_table(rows, a.threads))
