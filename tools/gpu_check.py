@@ -68,7 +68,9 @@ class Check:
             os.killpg(p.pid, signal.SIGKILL)
             out, _ = p.communicate()
             rc = None
-        self.log.write(out + f"\n[rc {rc}, {time.time() - start:.1f} s]\n")
+        kept = out if len(out) < 300_000 else (  # log.txt stays well under the 16 MiB that come back
+            out[:50_000] + f"\n[... {len(out) - 300_000} characters left out ...]\n" + out[-250_000:])
+        self.log.write(kept + f"\n[rc {rc}, {time.time() - start:.1f} s]\n")
         self.log.flush()
         return rc, out
 
