@@ -1132,6 +1132,12 @@ def standard_rows(args, work):
         plan = json.loads((variant_dir / "plan.json").read_text())
         return variant_dir / plan["stages"][-1]["solver"]
 
+    def stage(variant_dir, sid):
+        """(train net, solver) of one stage of the plan."""
+        plan = json.loads((variant_dir / "plan.json").read_text())
+        st = next(s for s in plan["stages"] if s["id"] == sid)
+        return variant_dir / st["train_net"], variant_dir / st["solver"]
+
     if "svgg" in want:
         out = work / "small_vgg"
         gen(out, ["--net", str(REPO / "recon_dec" / "models" / "small_vgg" / "deploy.prototxt"),
@@ -1156,7 +1162,8 @@ def standard_rows(args, work):
         out = work / "autoencoder"
         gen(out, ["--method", "autoencoder", "--net", str(models / "mnist_autoencoder" / "deploy.prototxt"),
                   "--variant", "ae", "--train-source", "/unused/train"])
-        rows.append(("MNIST autoencoder (ae)", out / "ae" / "train_val.prototxt", last_solver(out / "ae")))
+        # the reconstruction stage (the variant's train_val is the supervised finetune)
+        rows.append(("MNIST autoencoder (ae, pretrain)", *stage(out / "ae", "pretrain")))
     if "inversion" in want:
         out = work / "inversion"
         gen(out, ["--method", "inversion", "--net", str(models / "inversion" / "smallcnn_max.prototxt"),
@@ -1226,7 +1233,9 @@ def main(argv=None):
     if not todo:
         ap.error("give train_val prototxts or --standard")
     print(f"threads {a.threads} (torch.set_num_threads, OPENBLAS_NUM_THREADS); {a.rounds} rounds x {a.iters} "
-          f"iterations after {a.warmup} warm-up; median iteration", flush=True)
+          f"iterations after {a.warmup} warm-up; median iteration; OPENBLAS_CORETYPE="
+          f"{os.environ.get('OPENBLAS_CORETYPE', '(unset: detected)')}; load average "
+          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
     rows = []
     for label, path, solver in todo:
         t = time.time()
