@@ -48,22 +48,30 @@ def noise_net(tmp_path, caffe, phase, shape, std):
         n.data, gaussian_noise_param=dict(std=std))), phase, {"data": shape})
 
 
-def test_gaussian_noise_train_statistics_seed_and_backward(tmp_path, caffe):
+def test_gaussian_noise_train_statistics_stream_and_backward(tmp_path, caffe):
     shape = (4, 1, 125, 101)  # 50,500 values
+    caffe.set_random_seed(11)  # the solver's random_seed fixes the key the layer draws at set-up
     net = noise_net(tmp_path, caffe, caffe.TRAIN, shape, 0.4)
+    state = net.params["noisy"][0].data   # the stream: key (4 x 16 bits), counter (4 x 16 bits)
+    assert state.shape == (8,) and list(state[4:]) == [0, 0, 0, 0]
     x = np.random.default_rng(0).uniform(-1, 1, shape)
     net.blobs["data"].data[...] = x
-    caffe.set_random_seed(11)
     noise = net.forward()["noisy"] - net.blobs["data"].data
     assert abs(noise.mean()) < 0.01
     assert noise.std() == pytest.approx(0.4, abs=0.01)
-    caffe.set_random_seed(11)  # the solver's random_seed fixes the noise
+    assert list(net.params["noisy"][0].data[4:]) == [1, 0, 0, 0]   # one TRAIN pass
+    caffe.set_random_seed(11)  # the same key: the same noise
+    again = noise_net(tmp_path, caffe, caffe.TRAIN, shape, 0.4)
+    again.blobs["data"].data[...] = x
+    np.testing.assert_array_equal(again.forward()["noisy"] - again.blobs["data"].data, noise)
+    assert not np.array_equal(net.forward()["noisy"] - net.blobs["data"].data, noise)   # counter 1: new noise
+    net.params["noisy"][0].data[4:] = 0   # rewound: the first pass's noise again
     np.testing.assert_array_equal(net.forward()["noisy"] - net.blobs["data"].data, noise)
-    assert not np.array_equal(net.forward()["noisy"] - net.blobs["data"].data, noise)
     g = np.random.default_rng(1).standard_normal(shape)
     net.blobs["noisy"].diff[...] = g
     net.backward()
     np.testing.assert_array_equal(net.blobs["data"].diff, g.astype(np.float32))
+    np.testing.assert_array_equal(net.params["noisy"][0].diff, 0)
 
 
 def test_gaussian_noise_test_phase_is_identity(tmp_path, caffe):
@@ -94,6 +102,10 @@ def test_masking_noise_drops_ratio_without_rescaling(tmp_path, caffe, ratio):
     net.blobs["masked"].diff[...] = g
     net.backward()
     np.testing.assert_array_equal(net.blobs["data"].diff, np.where(kept, g, 0))
+    np.testing.assert_array_equal(net.params["masked"][0].diff, 0)   # its stream's state: not learned
+    assert list(net.params["masked"][0].data[4:]) == [1, 0, 0, 0]   # counter: one TRAIN pass
+    net.params["masked"][0].data[4:] = 0   # rewound: the same mask again
+    np.testing.assert_array_equal(net.forward()["masked"], out)
 
 
 def test_masking_noise_test_phase_is_identity(tmp_path, caffe):

@@ -138,6 +138,57 @@ def test_stacked_plan_freezes_and_initialises_what_it_names(tmp_path, digits, ca
     assert "-weights " + str(out / "stacked" / "init" / "finetune.caffemodel") in log
 
 
+def test_denoising_resume_continues_exactly(tmp_path, tiny_net, caffe):
+    """A denoising autoencoder (masking noise on the input) trained N
+    iterations straight vs N/2, stopped (its snapshot) and resumed by
+    `recon-dec train`: the same weights, noise stream (MaskingNoise's key and
+    counter), solver history and losses, bit for bit. The data: 8 rows read
+    by batches of 4, so both runs read the same rows at every iteration
+    (Caffe's Data layer starts again at the first row after a resume)."""
+    import re
+    import subprocess
+    from recon_dec.caffe_io.tool import caffe_binary
+    from test_ladder import _blobs, _losses
+    iters, half = 8, 4
+    rng = np.random.default_rng(0)
+    data.write_raw_lmdb(rng.integers(0, 256, (8, 8, 8), dtype=np.uint8), rng.integers(0, 10, 8),
+                        tmp_path / "rows", "rows")
+    runs = {}
+    for run in ("straight", "resumed"):
+        rc, out = _generate(tmp_path, tiny_net, "--variant", "ae", "--noise", "masking", "--noise-level", "0.3",
+                            "--train-source", str(tmp_path / "rows"), "--input-size", "8", "--batch", "4",
+                            "--max-iter", str(iters), "--snapshot", str(half), "--random-seed", "5", out=run)
+        assert rc == 0
+        runs[run] = out / "ae"
+        solver = runs[run] / "pretrain" / "solver.prototxt"
+        solver.write_text(re.sub(r"average_loss: \d+", "average_loss: 1",
+                                 re.sub(r"display: \d+", "display: 1", solver.read_text())))
+    noise = {l.name: l for l in read_net(runs["straight"] / "pretrain" / "train_val.prototxt").layer}["data/noise"]
+    assert noise.type == "MaskingNoise" and [(p.lr_mult, p.decay_mult) for p in noise.param] == [(0, 0)]
+    plan = str(runs["straight"] / "plan.json")
+    assert cli.main(["train", plan, "--stage", "pretrain", "--no-progress"]) == 0
+    r = runs["resumed"]
+    text = (r / "pretrain" / "solver.prototxt").read_text()
+    (r / "pretrain" / "half.prototxt").write_text(text.replace(f"max_iter: {iters}", f"max_iter: {half}"))
+    (r / "snapshots").mkdir()
+    subprocess.run([caffe_binary(), "train", "-solver", "pretrain/half.prototxt"], cwd=r, check=True,
+                   capture_output=True)
+    assert cli.main(["train", str(r / "plan.json"), "--stage", "pretrain", "--no-progress"]) == 0
+    log = (r / "logs" / "pretrain.log").read_text()
+    assert f"resuming from {r}/snapshots/pretrain_iter_{half}.solverstate" in log
+    straight, resumed = _losses((runs["straight"] / "logs" / "pretrain.log").read_text()), _losses(log)
+    assert sorted(resumed) == list(range(half, iters)) and sorted(straight) == list(range(iters))
+    for ext in ("caffemodel", "solverstate"):
+        a = _blobs(runs["straight"] / "snapshots" / f"pretrain_iter_{iters}.{ext}")
+        b = _blobs(r / "snapshots" / f"pretrain_iter_{iters}.{ext}")
+        assert sorted(a) == sorted(b)
+        for name in a:
+            assert len(a[name]) == len(b[name]) and all(np.array_equal(x, y) for x, y in zip(a[name], b[name])), name
+    model = _blobs(runs["straight"] / "snapshots" / f"pretrain_iter_{iters}.caffemodel")
+    assert list(model["data/noise"][0][4:]) == [iters, 0, 0, 0]   # the stream's counter: N TRAIN passes
+    assert {i: straight[i] for i in range(half, iters)} == resumed
+
+
 def test_sparse_denoising_and_conv_encoders(tmp_path, tiny_net, caffe):
     rc, out = _generate(tmp_path, tiny_net, "--variant", "ae", "--code-layer", "h2", "--sparsity", "0.1",
                         "--sparsity-weight", "0.5", "--noise", "gaussian", "--noise-level", "0.2", "--code-width", "9")

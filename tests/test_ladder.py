@@ -6,9 +6,9 @@ re-implementation of Algorithm 1 with the same weights and the noise read
 from the net, every denoising cost included, and the TEST pass is the clean
 pass on the running statistics; a short `recon-dec train` run on MNIST-5k
 with 100 labels; a run stopped at N/2 and resumed by `recon-dec train`
-ends as the straight one, bit for bit, without noise (with noise it does
-not: Caffe's RNG is not in the snapshot, and the test says precisely what
-differs); bad input gets one line and nothing is written."""
+ends as the straight one, bit for bit, with and without noise (the noise
+layers' streams are in the snapshot, and a restored solver draws the
+straight run's noise); bad input gets one line and nothing is written."""
 import json
 import math
 import os
@@ -80,7 +80,7 @@ def _randomise(net, rng):
     the running statistics are left alone."""
     for name, blobs in net.params.items():
         t = net.layer_dict[name].type
-        if name.startswith("noisy/") or t == "BatchStats":
+        if name.startswith("noisy/") or t in ("BatchStats", "GaussianNoise"):   # noise: its stream's state
             continue
         for i, b in enumerate(blobs):
             if t == "InnerProduct":
@@ -256,7 +256,8 @@ def test_passes_share_every_weight(tiny, tmp_path, caffe):
     rng = np.random.default_rng(3)
     _randomise(net, rng)
     _feed(net, rng, ("labeled", "unlabeled"))
-    shared = [n for n in net.params if n.startswith("noisy/") and net.layer_dict[n].type != "BatchStats"]
+    shared = [n for n in net.params
+              if n.startswith("noisy/") and net.layer_dict[n].type not in ("BatchStats", "GaussianNoise")]
     assert sorted(shared) == sorted(f"noisy/{n}" for n in ["fc1", "fc2", "fc3", "fc1/beta", "fc2/beta", "fc3/beta",
                                                            "fc3/gamma"])
     # one blob: written through the clean layer, read through the corrupted one
@@ -364,9 +365,6 @@ layer { name: "fc2" type: "InnerProduct" bottom: "fc1" top: "fc2" inner_product_
 layer { name: "prob" type: "Softmax" bottom: "fc2" top: "prob" }
 """
 RESUME_ITERS, RESUME_BATCH, RESUME_ROWS = 8, 4, 8
-NOISE_NOT_RESTORED = ("Caffe seeds its RNG from random_seed when the solver starts and the .solverstate does not "
-                      "hold the RNG's state: the GaussianNoise layers of a resumed run draw the noise of a fresh "
-                      "run's first iterations again (test_resume_draws_the_noise_of_a_fresh_start)")
 
 
 def _resume_setup(root, *extra):
@@ -418,14 +416,12 @@ def _losses(log):
     return out
 
 
-@pytest.mark.parametrize("noise", [
-    "off", pytest.param("on", marks=pytest.mark.xfail(strict=True, raises=AssertionError,
-                                                      reason=NOISE_NOT_RESTORED))])
+@pytest.mark.parametrize("noise", ["off", "on"])
 def test_resume_continues_exactly(noise, tmp_path):
     """N iterations straight vs N/2, stopped (its snapshot), resumed by
     `recon-dec train` from the .solverstate to N: the same weights, running
-    statistics, combinators, Adam moments and losses, bit for bit. Exact
-    without noise; with the noise on it is not (xfail: NOISE_NOT_RESTORED)."""
+    statistics, combinators, noise streams (key and counter), Adam moments
+    and losses, bit for bit, with the noise off and on."""
     from recon_dec.caffe_io.tool import caffe_binary
     runs = _resume_setup(tmp_path, *(["--noise-std", "0", "--input-noise-std", "0"] if noise == "off" else []))
     half = RESUME_ITERS // 2
@@ -453,14 +449,14 @@ def test_resume_continues_exactly(noise, tmp_path):
     assert {i: straight[i] for i in range(half, RESUME_ITERS)} == resumed
 
 
-def test_resume_draws_the_noise_of_a_fresh_start(tmp_path, caffe, monkeypatch):
-    """What differs when the noise is on, precisely: a solver restored from
-    the snapshot at iteration N/2 draws, at its first iteration, the noise
-    a fresh solver draws at iteration 0 (input and every layer), not the
-    noise of iteration N/2 of the straight run: Caffe::set_random_seed
-    (random_seed) runs in Solver::Init and the solverstate holds no RNG
-    state, so the noise after a resume is the noise of iterations 0, 1, ...
-    again (the weights it meets are the resumed ones)."""
+def test_resume_draws_the_noise_of_the_straight_run(tmp_path, caffe, monkeypatch):
+    """Why a resumed run continues exactly: each GaussianNoise layer keeps
+    its stream's key and counter in its blob, so the snapshot at iteration
+    N/2 holds them and a solver restored from it draws, at its first
+    iteration, the noise of iteration N/2 of the straight run (input and
+    every layer), bit for bit, not the noise of a fresh start. Before, Caffe
+    reseeded its RNG in Solver::Init and the .solverstate held no RNG state:
+    the resumed run drew the noise of iterations 0, 1, ... again."""
     runs = _resume_setup(tmp_path)
     half = RESUME_ITERS // 2
     monkeypatch.chdir(runs["straight"])   # the solver's paths are relative to the variant's directory
@@ -472,21 +468,34 @@ def test_resume_draws_the_noise_of_a_fresh_start(tmp_path, caffe, monkeypatch):
             out[name] = net.blobs[f"noisy/{name}/z@unlabeled"].data - net.blobs[f"noisy/{name}/bn@unlabeled"].data
         return {k: v.copy() for k, v in out.items()}
 
+    def streams(net):
+        return {n: b[0].data.copy() for n, b in net.params.items() if net.layer_dict[n].type == "GaussianNoise"}
+
     straight = caffe.get_solver("train/solver.prototxt")
-    draws = []
+    assert sorted(streams(straight.net)) == sorted([f"data/{s}/noise" for s in ("labeled", "unlabeled")] + [
+        f"noisy/{n}/noise@{s}" for n in ("fc1", "fc2") for s in ("labeled", "unlabeled")])
+    draws, states = [], []
     for _ in range(half + 1):
+        states.append(streams(straight.net))
         straight.step(1)
         draws.append(noise(straight.net))
         if straight.iter == half:
             straight.snapshot()
+    for name, s in states[half].items():   # [key (4 x 16 bits), counter (4 x 16 bits)]
+        assert list(s[4:]) == [half, 0, 0, 0], name
+        assert np.array_equal(s[:4], states[0][name][:4]), name
     resumed = caffe.get_solver("train/solver.prototxt")
     resumed.restore(f"snapshots/train_iter_{half}.solverstate")
     assert resumed.iter == half
+    got_state = streams(resumed.net)
+    assert sorted(got_state) == sorted(states[half])
+    for name in got_state:
+        np.testing.assert_array_equal(got_state[name], states[half][name], err_msg=name)
     resumed.step(1)
     got = noise(resumed.net)
     for name in got:
-        np.testing.assert_allclose(got[name], draws[0][name], atol=1e-5, err_msg=name)   # iteration 0's noise
-        assert not np.allclose(got[name], draws[half][name], atol=1e-2), name            # not iteration N/2's
+        np.testing.assert_array_equal(got[name], draws[half][name], err_msg=name)   # iteration N/2's noise
+        assert not np.allclose(got[name], draws[0][name], atol=1e-2), name         # not iteration 0's
 
 
 # --------------------------------------------------------------------------

@@ -92,10 +92,10 @@ def _with_inputs(src, dst):
 
 
 def _randomise(net, rng):
-    """Every learned blob random; running statistics left alone."""
+    """Every learned blob random; running statistics and noise streams left alone."""
     for name, blobs in net.params.items():
         t = net.layer_dict[name].type
-        if name.startswith("noisy/") or t == "BatchStats":
+        if name.startswith("noisy/") or t in ("BatchStats", "GaussianNoise"):
             continue
         for i, b in enumerate(blobs):
             if t in ("Convolution", "InnerProduct"):
@@ -287,7 +287,8 @@ def test_forward_is_the_gamma_model(variant, key, generated, tmp_path, caffe):
 def test_passes_share_the_conv_weights(tiny, tmp_path, caffe):
     path = _with_inputs(tiny / "gamma" / "train_val.prototxt", tmp_path / "net.prototxt")
     net = caffe.Net(path, caffe.TRAIN)
-    shared = sorted(n for n in net.params if n.startswith("noisy/") and net.layer_dict[n].type != "BatchStats")
+    shared = sorted(n for n in net.params
+                    if n.startswith("noisy/") and net.layer_dict[n].type not in ("BatchStats", "GaussianNoise"))
     assert shared == sorted(f"noisy/{n}" for n in ["conv1", "conv2", "fc", "conv1/beta", "conv2/beta", "fc/beta",
                                                    "fc/gamma"])
     assert [b.data.shape for b in net.params["conv1"]] == [(3, 2, 3, 3)]     # no bias: beta takes its place

@@ -40,6 +40,22 @@ def layer(name, type_, bottoms, tops):
     return l
 
 
+def gaussian_noise(name, bottom, top, std):
+    """GaussianNoise: + N(0, std^2) in TRAIN. Its one blob is its noise
+    stream's state (key and counter, saved by snapshots), never learned."""
+    l = layer(name, "GaussianNoise", [bottom], [top])
+    l.gaussian_noise_param.std = std
+    return set_params(l, [FROZEN])
+
+
+def masking_noise(name, bottom, top, ratio):
+    """MaskingNoise: each value zeroed with probability ``ratio`` in TRAIN;
+    its blob, the noise stream's state, is never learned."""
+    l = layer(name, "MaskingNoise", [bottom], [top])
+    l.masking_noise_param.ratio = ratio
+    return set_params(l, [FROZEN])
+
+
 def gaussian_fillers(p, std):
     p.weight_filler.type = "gaussian"
     p.weight_filler.std = std

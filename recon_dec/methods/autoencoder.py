@@ -304,11 +304,9 @@ class Autoencoder(Method):
                 return None
             name = f"{blob}/noise"
             if mo.noise == "gaussian":
-                l = L.layer(name, "GaussianNoise", [blob], [name])
-                l.gaussian_noise_param.std = mo.noise_level
+                l = L.gaussian_noise(name, blob, name, mo.noise_level)
             else:
-                l = L.layer(name, "MaskingNoise", [blob], [name])
-                l.masking_noise_param.ratio = mo.noise_level
+                l = L.masking_noise(name, blob, name, mo.noise_level)
             return [l], name
         return hook
 

@@ -277,9 +277,7 @@ def _normalize(name, x, mean, var, top, stats_gradient=True):
 
 
 def _noise(name, bottom, top, std):
-    l = L.layer(name, "GaussianNoise", [bottom], [top])
-    l.gaussian_noise_param.std = std
-    return l
+    return L.gaussian_noise(name, bottom, top, std)
 
 
 def _normalised(n, x, at, noise, fraction=None, global_stats=None):

@@ -15,11 +15,19 @@ namespace caffe {
 /**
  * @brief Additive Gaussian noise (denoising autoencoders, ladder networks).
  *
- * TRAIN phase: top = bottom + n, n ~ N(0, std^2) independently per value,
- * drawn from Caffe's RNG (caffe_rng_gaussian / caffe_gpu_rng_gaussian), so a
- * solver's random_seed fixes it. TEST phase: top = bottom. Any shape; may
- * run in place. The gradient is the identity in both phases (the noise does
- * not depend on the input). std = 0 adds nothing.
+ * TRAIN phase: top = bottom + n, n ~ N(0, std^2) independently per value.
+ * TEST phase: top = bottom. Any shape; may run in place. The gradient is the
+ * identity in both phases (the noise does not depend on the input). std = 0
+ * adds nothing.
+ *
+ * The noise comes from the layer's own counter-based stream
+ * (util/noise_stream.hpp): blobs_[0] holds a key, drawn from Caffe's RNG at
+ * set-up (so the solver's random_seed fixes it), and a counter of TRAIN
+ * forward passes; value i of a pass is
+ *   std * GaussianPair(Philox(i / 2, rank, counter; key))[i % 2]
+ * (util/counter_rng.hpp), the same bits on the CPU and the GPU. A snapshot
+ * saves the blob and a resumed run continues the stream exactly. The blob is
+ * not learned (lr_mult 0, zero diff).
  */
 template <typename Dtype>
 class GaussianNoiseLayer : public NeuronLayer<Dtype> {
@@ -27,8 +35,6 @@ class GaussianNoiseLayer : public NeuronLayer<Dtype> {
   explicit GaussianNoiseLayer(const LayerParameter& param)
       : NeuronLayer<Dtype>(param) {}
   virtual void LayerSetUp(const vector<Blob<Dtype>*>& bottom,
-      const vector<Blob<Dtype>*>& top);
-  virtual void Reshape(const vector<Blob<Dtype>*>& bottom,
       const vector<Blob<Dtype>*>& top);
 
   virtual inline const char* type() const { return "GaussianNoise"; }
@@ -47,9 +53,6 @@ class GaussianNoiseLayer : public NeuronLayer<Dtype> {
   bool adds_noise() const { return this->phase_ == TRAIN && std_ > 0; }
 
   Dtype std_;
-  // The noise of the last forward pass; one value longer than the input when
-  // its count is odd (cuRAND's normal generators fill even lengths only).
-  Blob<Dtype> noise_;
 };
 
 }  // namespace caffe

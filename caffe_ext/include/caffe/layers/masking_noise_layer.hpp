@@ -18,10 +18,18 @@ namespace caffe {
  *
  * Unlike Caffe's Dropout the kept values are not rescaled by 1 / (1 - ratio):
  * the corrupted input of a denoising autoencoder is the input with some
- * values missing. The mask (drawn from Caffe's RNG: caffe_rng_bernoulli on
- * the CPU, caffe_gpu_rng_uniform on the GPU) is kept for the backward pass,
- * which passes the gradient where the value was kept and zero elsewhere.
- * TEST phase: identity. Any shape; may run in place.
+ * values missing. The mask is kept for the backward pass, which passes the
+ * gradient where the value was kept and zero elsewhere. TEST phase:
+ * identity. Any shape; may run in place.
+ *
+ * The mask comes from the layer's own counter-based stream
+ * (util/noise_stream.hpp): blobs_[0] holds a key, drawn from Caffe's RNG at
+ * set-up (so the solver's random_seed fixes it), and a counter of TRAIN
+ * forward passes; value i of a pass is dropped when word i % 4 of
+ * Philox(i / 4, rank, counter; key) (util/counter_rng.hpp) is below
+ * ratio 2^32 (all dropped when ratio is 1): the same mask on the CPU and the
+ * GPU. A snapshot saves the blob and a resumed run continues the stream
+ * exactly. The blob is not learned (lr_mult 0, zero diff).
  */
 template <typename Dtype>
 class MaskingNoiseLayer : public NeuronLayer<Dtype> {
@@ -50,8 +58,8 @@ class MaskingNoiseLayer : public NeuronLayer<Dtype> {
   void ApplyMask_cpu(const Dtype* in, Dtype* out);
 
   Dtype ratio_;
-  // GPU: a uniform 32-bit draw below threshold_ drops the value
-  // (probability threshold_ / 2^32 = ratio); drop_all_ when ratio is 1.
+  // A uniform 32-bit word below threshold_ drops the value (probability
+  // threshold_ / 2^32 = ratio); drop_all_ when ratio is 1.
   unsigned int threshold_;
   bool drop_all_;
   // 1 where the last TRAIN forward pass kept the value, 0 where it dropped it.

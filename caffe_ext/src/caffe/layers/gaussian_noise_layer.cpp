@@ -1,7 +1,10 @@
+#include <string>
 #include <vector>
 
 #include "caffe/layers/gaussian_noise_layer.hpp"
+#include "caffe/util/counter_rng.hpp"
 #include "caffe/util/math_functions.hpp"
+#include "caffe/util/noise_stream.hpp"
 
 namespace caffe {
 
@@ -11,26 +14,32 @@ void GaussianNoiseLayer<Dtype>::LayerSetUp(const vector<Blob<Dtype>*>& bottom,
   std_ = this->layer_param_.gaussian_noise_param().std();
   CHECK_GE(std_, 0) << "GaussianNoise layer '" << this->layer_param_.name()
       << "': std must be >= 0, got " << std_;
-}
-
-template <typename Dtype>
-void GaussianNoiseLayer<Dtype>::Reshape(const vector<Blob<Dtype>*>& bottom,
-      const vector<Blob<Dtype>*>& top) {
-  NeuronLayer<Dtype>::Reshape(bottom, top);
-  const int count = bottom[0]->count();
-  noise_.Reshape(vector<int>(1, count + count % 2));
+  noise_stream::SetUp("GaussianNoise layer '" + this->layer_param_.name()
+                      + "'", &this->layer_param_, &this->blobs_);
 }
 
 template <typename Dtype>
 void GaussianNoiseLayer<Dtype>::Forward_cpu(const vector<Blob<Dtype>*>& bottom,
       const vector<Blob<Dtype>*>& top) {
   const int count = bottom[0]->count();
+  const Dtype* in = bottom[0]->cpu_data();
+  Dtype* out = top[0]->mutable_cpu_data();
   if (adds_noise()) {
-    Dtype* noise = noise_.mutable_cpu_data();
-    caffe_rng_gaussian<Dtype>(count, Dtype(0), std_, noise);
-    caffe_add(count, bottom[0]->cpu_data(), noise, top[0]->mutable_cpu_data());
+    const counter_rng::Stream s = noise_stream::CurrentStream(*this->blobs_[0]);
+    const double sigma = std_;
+    for (int j = 0; 2 * j < count; ++j) {  // values 2j, 2j + 1: block j
+      Dtype n0, n1;
+      counter_rng::GaussianNoisePair(s, j, sigma, &n0, &n1);
+      out[2 * j] = counter_rng::AddRn(in[2 * j], n0);
+      if (2 * j + 1 < count) {
+        out[2 * j + 1] = counter_rng::AddRn(in[2 * j + 1], n1);
+      }
+    }
   } else {
-    caffe_copy(count, bottom[0]->cpu_data(), top[0]->mutable_cpu_data());
+    caffe_copy(count, in, out);
+  }
+  if (this->phase_ == TRAIN) {
+    noise_stream::Advance(this->blobs_[0].get());
   }
 }
 
@@ -41,6 +50,8 @@ void GaussianNoiseLayer<Dtype>::Backward_cpu(const vector<Blob<Dtype>*>& top,
     caffe_copy(top[0]->count(), top[0]->cpu_diff(),
                bottom[0]->mutable_cpu_diff());
   }
+  caffe_set(this->blobs_[0]->count(), Dtype(0),
+            this->blobs_[0]->mutable_cpu_diff());
 }
 
 #ifdef CPU_ONLY

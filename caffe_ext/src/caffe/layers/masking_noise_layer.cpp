@@ -1,8 +1,11 @@
 #include <algorithm>
+#include <string>
 #include <vector>
 
 #include "caffe/layers/masking_noise_layer.hpp"
+#include "caffe/util/counter_rng.hpp"
 #include "caffe/util/math_functions.hpp"
+#include "caffe/util/noise_stream.hpp"
 
 namespace caffe {
 
@@ -16,6 +19,8 @@ void MaskingNoiseLayer<Dtype>::LayerSetUp(const vector<Blob<Dtype>*>& bottom,
   drop_all_ = ratio_ >= 1;
   threshold_ = static_cast<unsigned int>(
       std::min(static_cast<double>(ratio_) * 4294967296.0, 4294967295.0));
+  noise_stream::SetUp("MaskingNoise layer '" + this->layer_param_.name()
+                      + "'", &this->layer_param_, &this->blobs_);
 }
 
 template <typename Dtype>
@@ -42,8 +47,16 @@ template <typename Dtype>
 void MaskingNoiseLayer<Dtype>::Forward_cpu(const vector<Blob<Dtype>*>& bottom,
       const vector<Blob<Dtype>*>& top) {
   if (this->phase_ == TRAIN) {  // 1: kept
-    caffe_rng_bernoulli(mask_.count(), Dtype(1) - ratio_,
-                        mask_.mutable_cpu_data());
+    const counter_rng::Stream s = noise_stream::CurrentStream(*this->blobs_[0]);
+    const int count = mask_.count();
+    unsigned int* mask = mask_.mutable_cpu_data();
+    for (int j = 0; 4 * j < count; ++j) {  // values 4j .. 4j + 3: block j
+      const counter_rng::Block b = counter_rng::Draw(s, j);
+      for (int k = 0; k < 4 && 4 * j + k < count; ++k) {
+        mask[4 * j + k] = counter_rng::Keep(b.v[k], threshold_, drop_all_);
+      }
+    }
+    noise_stream::Advance(this->blobs_[0].get());
   }
   ApplyMask_cpu(bottom[0]->cpu_data(), top[0]->mutable_cpu_data());
 }
@@ -54,6 +67,8 @@ void MaskingNoiseLayer<Dtype>::Backward_cpu(const vector<Blob<Dtype>*>& top,
   if (propagate_down[0]) {
     ApplyMask_cpu(top[0]->cpu_diff(), bottom[0]->mutable_cpu_diff());
   }
+  caffe_set(this->blobs_[0]->count(), Dtype(0),
+            this->blobs_[0]->mutable_cpu_diff());
 }
 
 #ifdef CPU_ONLY
