@@ -197,3 +197,25 @@ def test_divergence_stops_with_one_line_and_no_output(tmp_path, dbs):
     m = re.search(r"the loss became (\S+) at iteration (\d+)", msg)
     assert m and not np.isfinite(float(m.group(1))) and int(m.group(2)) < 40
     assert not os.path.exists(tmp_path / "snapshots" / "step2_iter_40.caffemodel")
+
+
+def test_divergence_found_after_caffe_finished(tmp_path, dbs):
+    """The race CI hit: a tiny net finishes, snapshot included, before the
+    driver reads the NaN line. A wrapper holds Caffe's output back until
+    Caffe exits, so the driver always learns of the NaN too late; the
+    snapshots from the NaN iteration on must still be gone."""
+    plan = fx.two_stage_plan(str(tmp_path), *dbs, iters2=40, iters4=20)
+    solver = tmp_path / "step2" / "solver.prototxt"
+    solver.write_text(solver.read_text().replace("base_lr: 0.05", "base_lr: 1e6")
+                      .replace("display: 5", "display: 1"))
+    wrapper = tmp_path / "late_caffe.sh"
+    wrapper.write_text(f'#!/bin/sh\n"{train.caffe_binary()}" "$@" > "{tmp_path}/held.log" 2>&1\n'
+                       f'rc=$?\ncat "{tmp_path}/held.log"\nexit $rc\n')
+    wrapper.chmod(0o755)
+    with pytest.raises(ReconDecError, match="training diverged") as e:
+        train.run_stage(plan, 2, progress=False, caffe=str(wrapper))
+    first_bad = int(re.search(r"at iteration (\d+)", str(e.value)).group(1))
+    assert "Snapshotting to binary proto file" in open(tmp_path / "held.log").read()
+    left = [int(re.search(r"_iter_(\d+)", f).group(1)) for f in os.listdir(tmp_path / "snapshots")]
+    assert all(it < first_bad for it in left), (first_bad, sorted(left))
+

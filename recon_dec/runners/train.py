@@ -48,6 +48,15 @@ def newest_snapshot(plan, stage, warn=False):
     return None
 
 
+def _remove_snapshots_from(plan, stage, first_bad):
+    """Delete the stage's snapshots of iteration ``first_bad`` and later."""
+    prefix = plans.path(plan, stage["snapshot_prefix"])
+    for p in glob.glob(glob.escape(prefix) + "_iter_*"):
+        m = re.search(r"_iter_(\d+)\.(caffemodel|solverstate)$", p)
+        if m and int(m.group(1)) >= first_bad:
+            os.unlink(p)
+
+
 def _warn_damaged(damaged, then):
     names = ", ".join(f"{os.path.basename(m)} ({why})" for m, why in damaged)
     print(f"recon-dec: warning: damaged snapshot {names}; {then}", file=sys.stderr)
@@ -307,6 +316,9 @@ def run_stage(plan_path, stage, gpu=None, progress=True, caffe=None):
         at = f"iteration {snap[0]}" if snap else "no snapshot"
         raise KeyboardInterrupt(f"stage {sid} stopped at {at}; rerun to resume")
     if diverged:
+        # A fast net may finish (and snapshot) before the driver reads the
+        # NaN line: snapshots from that iteration on hold worthless weights.
+        _remove_snapshots_from(plan, st, diverged[0])
         raise ReconDecError(f"{log_path}: the loss became {diverged[1]} at iteration {diverged[0]}: "
                             f"training diverged (learning rate too high for this net?); stopped, "
                             f"nothing written beyond the earlier snapshots")
