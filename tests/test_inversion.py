@@ -391,3 +391,14 @@ def test_layer_losses_builds_every_net(tmp_path, caffe):
     assert "EuclideanLoss" not in sup and "Deconvolution" not in sup
     readme = (out / "README.md").read_text()
     assert "| 1 | `relu1` | conv2a, conv2b | 0.2 | `dec:loss@relu1` |" in readme
+
+
+@pytest.mark.parametrize("model, paper_k", [("smallcnn_max", 131), ("smallcnn_mean", 131),
+                                            ("largecnn_max", 1370), ("resnet2_32_max", 330),
+                                            ("resnet2_32_mean", 330)])
+def test_shipped_models_have_the_papers_parameter_counts(model, paper_k, caffe):
+    """The appendix gives parameter counts, not layers: ours must match them
+    to the thousand it rounds to."""
+    net = caffe.Net(str(MODELS / f"{model}.prototxt"), caffe.TEST)
+    count = sum(b.data.size for blobs in net.params.values() for b in blobs)
+    assert round(count / 1000) == paper_k, (model, count)
