@@ -7,6 +7,11 @@ Power layer with default parameters is caffe_copy: cudaMemcpy device to
 device on a GPU, memcpy on the CPU), all measured in the same run.
 
     .venv/bin/python bench/bench_unpooling.py [--batch 8] [--repeats 5] [--gpu 0]
+        [--clock wall|process]
+
+--clock process times the CPU time of this process (time.process_time)
+instead of wall time: for a CPU run on a machine whose cores are busy with
+other work (e.g. under nice), where wall time mostly measures waiting.
 """
 import argparse
 import os
@@ -42,14 +47,14 @@ def net_file(batch, channels, pooled, kernel, stride):
     return f.name, size
 
 
-def timed(fn, repeats, sync):
+def timed(fn, repeats, sync, clock=time.perf_counter):
     fn()
     sync()
-    t = time.perf_counter()
+    t = clock()
     for _ in range(repeats):
         fn()
     sync()
-    return (time.perf_counter() - t) / repeats
+    return (clock() - t) / repeats
 
 
 def main():
@@ -57,7 +62,12 @@ def main():
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--gpu", type=int, help="GPU id (default: CPU)")
+    ap.add_argument("--clock", choices=["wall", "process"], default="wall",
+                    help="wall time (default) or this process's CPU time (CPU runs only)")
     args = ap.parse_args()
+    if args.clock == "process" and args.gpu is not None:
+        ap.error("--clock process times the CPU only; a GPU run needs wall time")
+    clock = time.process_time if args.clock == "process" else time.perf_counter
     import caffe
     if args.gpu is None:
         caffe.set_mode_cpu()
@@ -65,7 +75,8 @@ def main():
         caffe.set_device(args.gpu)
         caffe.set_mode_gpu()
     device = "CPU" if args.gpu is None else f"GPU {args.gpu}"
-    print(f"Unpooling vs MAX Pooling, batch {args.batch}, {device}, mean of {args.repeats} passes")
+    print(f"Unpooling vs MAX Pooling, batch {args.batch}, {device}, mean of {args.repeats} passes, "
+          f"{args.clock} clock")
     print(f"{'shape':14} {'pool fwd ms':>11} {'known fwd':>10} {'fixed fwd':>10} {'known bwd':>10} "
           f"{'known/pool':>10} {'GB/s':>7} {'copy GB/s':>9} {'of copy':>8}")
     for name, c, p, k, s in SHAPES:
@@ -78,12 +89,12 @@ def main():
         # reading a blob's CPU data waits for the GPU (and copies it back,
         # a constant cost in every timing): crude but dependency-free
         sync = (lambda: net.blobs["copied"].data) if args.gpu is not None else (lambda: None)
-        t_pool = timed(lambda: net._forward(layer["pooled"], layer["pooled"]), args.repeats, sync)
-        t_known = timed(lambda: net._forward(layer["known"], layer["known"]), args.repeats, sync)
-        t_fixed = timed(lambda: net._forward(layer["fixed"], layer["fixed"]), args.repeats, sync)
+        t_pool = timed(lambda: net._forward(layer["pooled"], layer["pooled"]), args.repeats, sync, clock)
+        t_known = timed(lambda: net._forward(layer["known"], layer["known"]), args.repeats, sync, clock)
+        t_fixed = timed(lambda: net._forward(layer["fixed"], layer["fixed"]), args.repeats, sync, clock)
         net.blobs["known"].diff[...] = 1
-        t_back = timed(lambda: net._backward(layer["known"], layer["known"]), args.repeats, sync)
-        t_copy = timed(lambda: net._forward(layer["copied"], layer["copied"]), args.repeats, sync)
+        t_back = timed(lambda: net._backward(layer["known"], layer["known"]), args.repeats, sync, clock)
+        t_copy = timed(lambda: net._forward(layer["copied"], layer["copied"]), args.repeats, sync, clock)
         # bytes moved: known forward reads values + switches and writes the
         # output; the copy reads and writes the output once
         moved = 2 * net.blobs["pooled"].data.nbytes + net.blobs["known"].data.nbytes

@@ -242,11 +242,11 @@ def test_every_caffe_ext_gtest_passes(source, device):
 
 @pytest.mark.parametrize("device", ["cpu", "gpu"])
 def test_unpooling_gtests(device):
-    # 12 tests x {float, double}, gradient checks included, per device (a
+    # 15 tests x {float, double}, gradient checks included, per device (a
     # CUDA build has the GPU instances /2, /3 and UnpoolingLayerGPUTest's 2)
     gtest_filter, _ = selection(["UnpoolingLayerTest", "UnpoolingLayerGPUTest"], device)
     passed, out = run_gtests(gtest_filter)
-    assert passed == (24 if device == "cpu" else 26), out[-3000:]
+    assert passed == (30 if device == "cpu" else 32), out[-3000:]
     first = 0 if device == "cpu" else 2
     for name in ("TestGradientKnownSwitches", "TestGradientFixedSwitches",
                  "TestRoundTrip", "TestKnownSwitches3x3Overlap",

@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <cmath>
 #include <sstream>
 #include <string>
@@ -7,6 +8,137 @@
 #include "caffe/util/math_functions.hpp"
 
 namespace caffe {
+
+namespace {
+
+// CPU fast path for non-overlapping windows (kernel <= stride in both
+// dimensions): each location receives at most one value, so the output is
+// written output-centrically, row by row, every element exactly once (the
+// value that lands there, or 0), with no zeroing pass and no
+// read-modify-write. A value is written as 0 + value, as the generic path's
+// `out[j] += value` on a zeroed output does (so -0 becomes +0 there too):
+// both paths give bit-identical results.
+
+// Column geometry of one output row: window pw covers columns
+// [pw * stride - pad, pw * stride - pad + kernel) clipped to [0, width);
+// windows [full_begin, full_end) lie wholly inside the row.
+struct RowGeometry {
+  int width, pooled, kernel, stride, pad, offset;
+  int full_begin, full_end;
+  RowGeometry(int width, int pooled, int kernel, int stride, int pad,
+              int offset)
+      : width(width), pooled(pooled), kernel(kernel), stride(stride),
+        pad(pad), offset(offset) {
+    full_begin = std::min(pooled, (pad + stride - 1) / stride);
+    full_end = full_begin;
+    if (width + pad - kernel >= 0) {
+      full_end = std::max(full_begin,
+          std::min(pooled, (width + pad - kernel) / stride + 1));
+    }
+  }
+};
+
+// Windows [begin, end) of one row, any geometry, from column *c on (the
+// columns before a window, gaps when stride > kernel, are zeroed). Known
+// switches: the value goes to the column whose flat index row0 + column is
+// the switch; fixed: to column start + offset. Returns how many values
+// landed in this row.
+template <typename Dtype, bool KNOWN>
+inline int UnpoolWindows(const Dtype* values, const Dtype* switches,
+    int begin, int end, const RowGeometry& g, int row0, Dtype* out, int* c) {
+  int hits = 0;
+  int col = *c;
+  for (int pw = begin; pw < end; ++pw) {
+    const int start = pw * g.stride - g.pad;
+    const int lo = std::min(std::max(start, 0), g.width);
+    const int hi = std::max(std::min(start + g.kernel, g.width), lo);
+    for (; col < lo; ++col) {
+      out[col] = Dtype(0);
+    }
+    // Column of the value relative to lo, as unsigned: anything outside
+    // [0, hi - lo) means "not in this row" (no signed overflow for any
+    // switch, NaN's INT_MIN included).
+    const unsigned r = KNOWN
+        ? static_cast<unsigned>(static_cast<int>(switches[pw])) -
+          static_cast<unsigned>(row0 + lo)
+        : static_cast<unsigned>(start + g.offset - lo);
+    const Dtype x = values[pw] + Dtype(0);
+    for (; col < hi; ++col) {
+      out[col] = r == static_cast<unsigned>(col - lo) ? x : Dtype(0);
+    }
+    hits += r < static_cast<unsigned>(hi - lo);
+  }
+  *c = col;
+  return hits;
+}
+
+// n whole windows of K columns side by side (stride == kernel == K), out[0]
+// the first window's first column, whose flat index is base: the loop the
+// compiler vectorises.
+template <typename Dtype, bool KNOWN, int K>
+inline int UnpoolRun(const Dtype* __restrict__ values,
+    const Dtype* __restrict__ switches, int n, unsigned base, int offset,
+    Dtype* __restrict__ out) {
+  int hits = 0;
+  for (int p = 0; p < n; ++p) {
+    const unsigned r = KNOWN
+        ? static_cast<unsigned>(static_cast<int>(switches[p])) -
+          (base + static_cast<unsigned>(p * K))
+        : static_cast<unsigned>(offset);
+    const Dtype x = values[p] + Dtype(0);
+    for (int d = 0; d < K; ++d) {
+      out[p * K + d] = r == static_cast<unsigned>(d) ? x : Dtype(0);
+    }
+    hits += r < static_cast<unsigned>(K);
+  }
+  return hits;
+}
+
+// One whole output row (flat index of its first element: row0) from one
+// pooled row. Returns how many of the pooled row's values landed in it.
+template <typename Dtype, bool KNOWN>
+int UnpoolRow(const Dtype* values, const Dtype* switches,
+    const RowGeometry& g, int row0, Dtype* out) {
+  int c = 0;
+  int hits = UnpoolWindows<Dtype, KNOWN>(values, switches, 0, g.full_begin,
+      g, row0, out, &c);
+  const int n = g.full_end - g.full_begin;
+  if (g.stride == g.kernel && n > 0 && g.kernel <= 4) {
+    const int start = g.full_begin * g.stride - g.pad;
+    for (; c < start; ++c) {
+      out[c] = Dtype(0);
+    }
+    const Dtype* v = values + g.full_begin;
+    const Dtype* s = KNOWN ? switches + g.full_begin : NULL;
+    const unsigned base = static_cast<unsigned>(row0 + start);
+    switch (g.kernel) {
+    case 1:
+      hits += UnpoolRun<Dtype, KNOWN, 1>(v, s, n, base, g.offset, out + start);
+      break;
+    case 2:
+      hits += UnpoolRun<Dtype, KNOWN, 2>(v, s, n, base, g.offset, out + start);
+      break;
+    case 3:
+      hits += UnpoolRun<Dtype, KNOWN, 3>(v, s, n, base, g.offset, out + start);
+      break;
+    default:
+      hits += UnpoolRun<Dtype, KNOWN, 4>(v, s, n, base, g.offset, out + start);
+    }
+    c = start + n * g.kernel;
+  } else {
+    hits += UnpoolWindows<Dtype, KNOWN>(values, switches, g.full_begin,
+        g.full_end, g, row0, out, &c);
+  }
+  hits += UnpoolWindows<Dtype, KNOWN>(values, switches, g.full_end, g.pooled,
+      g, row0, out, &c);
+  for (; c < g.width; ++c) {
+    out[c] = Dtype(0);
+  }
+  return hits;
+}
+
+}  // namespace
+
 
 template <typename Dtype>
 std::string UnpoolingLayer<Dtype>::Where() const {
@@ -145,14 +277,99 @@ void UnpoolingLayer<Dtype>::Forward_cpu(const vector<Blob<Dtype>*>& bottom,
   const Dtype* values = bottom[0]->cpu_data();
   const Dtype* switches = known_switches_ ? bottom[1]->cpu_data() : NULL;
   Dtype* out = top[0]->mutable_cpu_data();
+  const int planes = bottom[0]->num() * channels_;
+  const int plane_in = pooled_height_ * pooled_width_;
+  const int plane_out = height_ * width_;
+  if (!overlapping_ && !need_count_) {
+    // Fast path (UnpoolRow; short rows: per band of rows, below): rows in
+    // order, each written once. Output rows outside every window (gaps
+    // when stride > kernel, rows past the last window) are zeros. Known switches are checked per pooled row by
+    // counting the values that landed: a switch inside its window lands in
+    // exactly one row of the window, any other in none.
+    const RowGeometry g(width_, pooled_width_, kernel_w_, stride_w_, pad_w_,
+                        offset_w_);
+    const bool short_rows = pooled_width_ < 8;
+    for (int p = 0; p < planes; ++p) {
+      int h = 0;
+      for (int ph = 0; ph < pooled_height_; ++ph) {
+        const int hstart = ph * stride_h_ - pad_h_;
+        const int lo = std::min(std::max(hstart, 0), height_);
+        const int hi = std::max(std::min(hstart + kernel_h_, height_), lo);
+        std::fill(out + h * width_, out + lo * width_, Dtype(0));
+        const Dtype* v = values + ph * pooled_width_;
+        const Dtype* s = switches ? switches + ph * pooled_width_ : NULL;
+        int hits = 0;
+        if (short_rows) {
+          // Rows too short for the vectorised row loop (VGG's pool5: 7
+          // windows): the band of rows [lo, hi), contiguous and in cache, is
+          // zeroed, then each value placed in it.
+          Dtype* band = out + lo * width_;
+          std::fill(band, out + hi * width_, Dtype(0));
+          const unsigned band_size = static_cast<unsigned>((hi - lo) * width_);
+          for (int pw = 0; pw < pooled_width_; ++pw) {
+            const int wstart = pw * stride_w_ - pad_w_;
+            unsigned r;  // flat index in the band
+            if (known_switches_) {
+              r = static_cast<unsigned>(static_cast<int>(s[pw])) -
+                  static_cast<unsigned>(lo * width_);
+            } else {
+              const int fh = hstart + offset_h_, fw = wstart + offset_w_;
+              if (fh < 0 || fw < 0 || fh >= height_ || fw >= width_) {
+                continue;  // the fixed cell lies in the padding: dropped
+              }
+              r = static_cast<unsigned>((fh - lo) * width_ + fw);
+            }
+            if (r < band_size) {
+              const int c = static_cast<int>(r % width_);
+              if (c >= wstart && c < wstart + kernel_w_) {
+                band[r] = v[pw] + Dtype(0);
+                ++hits;
+              }
+            }
+          }
+        }
+        for (h = short_rows ? hi : lo; h < hi; ++h) {
+          if (known_switches_) {
+            hits += UnpoolRow<Dtype, true>(v, s, g, h * width_,
+                out + h * width_);
+          } else if (h == hstart + offset_h_) {
+            UnpoolRow<Dtype, false>(v, NULL, g, h * width_, out + h * width_);
+          } else {
+            std::fill(out + h * width_, out + (h + 1) * width_, Dtype(0));
+          }
+        }
+        if (known_switches_ && hits != pooled_width_) {
+          // The first switch of this row outside its window (raster order,
+          // as the generic path reports it).
+          for (int pw = 0; pw < pooled_width_; ++pw) {
+            const int wstart = pw * stride_w_ - pad_w_;
+            const int si = static_cast<int>(s[pw]);
+            const int sh = si / width_;
+            const int sw = si % width_;
+            CHECK(si >= 0 && si < plane_out && sh >= hstart && sw >= wstart
+                  && sh < hstart + kernel_h_ && sw < wstart + kernel_w_)
+                << SwitchOutsideWindow(s[pw], p, ph, pw);
+          }
+          LOG(FATAL) << Where() << "switch count mismatch in plane " << p
+              << ", pooled row " << ph;
+        }
+      }
+      std::fill(out + h * width_, out + plane_out, Dtype(0));
+      values += plane_in;
+      if (switches) {
+        switches += plane_in;
+      }
+      out += plane_out;
+    }
+    return;
+  }
+  // Generic path: overlapping windows (several values may land on one
+  // location: averaged or summed), or the count top asked for.
   Dtype* count = need_count_ ? count_.mutable_cpu_data() : NULL;
   caffe_set(top[0]->count(), Dtype(0), out);
   if (count) {
     caffe_set(count_.count(), Dtype(0), count);
   }
-  const int planes = bottom[0]->num() * channels_;
-  const int plane_in = pooled_height_ * pooled_width_;
-  const int plane_out = height_ * width_;
   for (int p = 0; p < planes; ++p) {
     for (int ph = 0; ph < pooled_height_; ++ph) {
       for (int pw = 0; pw < pooled_width_; ++pw) {
@@ -235,6 +452,36 @@ void UnpoolingLayer<Dtype>::Backward_cpu(const vector<Blob<Dtype>*>& top,
   const int planes = bottom[0]->num() * channels_;
   const int plane_in = pooled_height_ * pooled_width_;
   const int plane_out = height_ * width_;
+  if (!overlapping_) {
+    // Non-overlapping windows: no count to divide by; the gradient of each
+    // value is the top diff where it landed (0 for a fixed cell dropped in
+    // the padding). Switches are trusted, as below: Forward checked them.
+    for (int p = 0; p < planes; ++p) {
+      if (known_switches_) {
+        for (int i = 0; i < plane_in; ++i) {
+          diff[i] = top_diff[static_cast<int>(switches[i])];
+        }
+        switches += plane_in;
+      } else {
+        for (int ph = 0; ph < pooled_height_; ++ph) {
+          const int h = ph * stride_h_ - pad_h_ + offset_h_;
+          Dtype* d = diff + ph * pooled_width_;
+          if (h < 0 || h >= height_) {
+            std::fill(d, d + pooled_width_, Dtype(0));
+            continue;
+          }
+          const Dtype* t = top_diff + h * width_;
+          for (int pw = 0; pw < pooled_width_; ++pw) {
+            const int w = pw * stride_w_ - pad_w_ + offset_w_;
+            d[pw] = (w >= 0 && w < width_) ? t[w] : Dtype(0);
+          }
+        }
+      }
+      diff += plane_in;
+      top_diff += plane_out;
+    }
+    return;
+  }
   for (int p = 0; p < planes; ++p) {
     for (int ph = 0; ph < pooled_height_; ++ph) {
       for (int pw = 0; pw < pooled_width_; ++pw) {

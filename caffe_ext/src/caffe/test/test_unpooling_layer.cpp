@@ -1,3 +1,4 @@
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -366,6 +367,259 @@ TYPED_TEST(UnpoolingLayerTest, TestSwitchOutsideWindow) {
     EXPECT_DEATH(layer.Forward(bottom, top),
                  std::string("Unpooling layer 'unpool': ") + expected[c] +
                  " lies outside its pooling window");
+  }
+}
+
+// Non-overlapping windows (kernel <= stride) take the CPU's output-centric
+// fast path. Its output and gradient must be exactly (bit for bit: -0 in a
+// value becomes +0, as 0 + value does) what the window-centric definition
+// gives, computed here independently, and what the generic path gives (a
+// count top forces it), at shapes with and without remainders, padding, ceil
+// mode, gaps (stride > kernel), kernels the fast path specialises (1-4) and
+// one it does not (5).
+template <typename Dtype>
+static bool SameValue(Dtype a, Dtype b) {
+  if (std::isnan(a) || std::isnan(b)) {
+    return std::isnan(a) && std::isnan(b);
+  }
+  return a == b && std::signbit(a) == std::signbit(b);
+}
+
+TYPED_TEST(UnpoolingLayerTest, TestNonOverlappingMatchesReference) {
+  typedef typename TypeParam::Dtype Dtype;
+  // kernel h, w; stride h, w; pad h, w; ceil (else floor) mode; pooled h, w;
+  // out h, w (0: the formula); fixed only (a window wholly outside the
+  // output: a known switch there is an error)
+  const int cases[][12] = {
+      {2, 2, 2, 2, 0, 0, 0, 3, 4, 0, 0, 0},    // VGG: exact tiling
+      {2, 2, 2, 2, 0, 0, 0, 3, 4, 7, 9, 0},    // remainders
+      {2, 2, 2, 2, 0, 0, 1, 3, 4, 5, 7, 0},    // ceil: clipped last windows
+      {2, 2, 2, 2, 1, 1, 0, 3, 4, 0, 0, 0},    // padding
+      {2, 2, 2, 2, 1, 0, 1, 3, 4, 4, 7, 0},    // padding, ceil, remainder
+      {3, 3, 3, 3, 0, 0, 0, 2, 3, 7, 10, 0},   // 3x3/3 with remainders
+      {3, 3, 3, 3, 1, 1, 0, 3, 3, 0, 0, 0},    // 3x3/3 padded
+      {2, 3, 3, 4, 0, 0, 0, 3, 3, 0, 0, 0},    // gaps between windows
+      {2, 3, 3, 4, 1, 2, 0, 3, 3, 0, 0, 0},    // gaps, padding
+      {4, 4, 4, 4, 0, 0, 0, 2, 3, 9, 15, 0},   // 4x4/4 with remainders
+      {5, 5, 5, 5, 0, 0, 0, 2, 2, 0, 0, 0},    // kernel not specialised
+      {1, 1, 1, 1, 0, 0, 0, 3, 5, 0, 0, 0},    // 1x1/1
+      {1, 2, 2, 2, 0, 0, 0, 3, 4, 0, 0, 0},    // 1x2/2
+      {1, 1, 3, 3, 0, 0, 1, 3, 3, 5, 5, 1},    // ceil: last window outside
+      {2, 2, 2, 2, 0, 0, 0, 1, 1, 0, 0, 0},    // a single window
+      {2, 2, 2, 2, 0, 0, 0, 3, 40, 0, 0, 0},   // rows long enough to vectorise
+  };
+  const int num_cases = sizeof(cases) / sizeof(cases[0]);
+  // Each case as given (rows of fewer than 8 windows: the short-row band
+  // loop) and 8 windows wider, same remainders (the vectorised row loop).
+  for (int c = 0; c < 2 * num_cases; ++c) {
+    const int* k = cases[c % num_cases];
+    const int wider = c < num_cases ? 0 : 8;
+    for (int mode = 0; mode < 3; ++mode) {  // known, fixed, fixed with offset
+      if (mode == 0 && k[11]) {
+        continue;
+      }
+      LayerParameter param;
+      param.set_name("unpool");
+      PoolingParameter* pool = param.mutable_pooling_param();
+      pool->set_kernel_h(k[0]);
+      pool->set_kernel_w(k[1]);
+      pool->set_stride_h(k[2]);
+      pool->set_stride_w(k[3]);
+      pool->set_pad_h(k[4]);
+      pool->set_pad_w(k[5]);
+      pool->set_round_mode(k[6] ? PoolingParameter_RoundMode_CEIL
+                                : PoolingParameter_RoundMode_FLOOR);
+      UnpoolingParameter* unpool = param.mutable_unpooling_param();
+      if (k[9]) {
+        unpool->set_out_h(k[9]);
+        unpool->set_out_w(k[10] + wider * k[3]);
+      }
+      if (mode == 2) {
+        unpool->set_offset_h(0);
+        unpool->set_offset_w(k[1] - 1);
+      }
+      const int off_h = mode == 2 ? 0 : k[0] / 2;
+      const int off_w = mode == 2 ? k[1] - 1 : k[1] / 2;
+      const int pooled_h = k[7], pooled_w = k[8] + wider;
+      const int height = k[9] ? k[9] : (pooled_h - 1) * k[2] + k[0] - 2 * k[4];
+      const int width = k[10] ? k[10] + wider * k[3]
+          : (pooled_w - 1) * k[3] + k[1] - 2 * k[5];
+      const int planes = 2 * 3;
+      Blob<Dtype> values(2, 3, pooled_h, pooled_w), switches;
+      caffe_rng_uniform(values.count(), Dtype(-1), Dtype(1),
+                        values.mutable_cpu_data());
+      values.mutable_cpu_data()[0] = -Dtype(0);
+      if (values.count() > 5) {
+        values.mutable_cpu_data()[5] = NAN;
+      }
+      // Where each value lands (flat index in its plane), -1: dropped.
+      vector<int> target(values.count(), -1);
+      for (int p = 0; p < planes; ++p) {
+        for (int ph = 0; ph < pooled_h; ++ph) {
+          for (int pw = 0; pw < pooled_w; ++pw) {
+            const int i = (p * pooled_h + ph) * pooled_w + pw;
+            const int hs = ph * k[2] - k[4], ws = pw * k[3] - k[5];
+            if (mode == 0) {
+              // a random cell of the window, clipped to the output
+              const int h0 = std::max(hs, 0), w0 = std::max(ws, 0);
+              const int nh = std::min(hs + k[0], height) - h0;
+              const int nw = std::min(ws + k[1], width) - w0;
+              ASSERT_GT(nh, 0);
+              ASSERT_GT(nw, 0);
+              target[i] = (h0 + caffe_rng_rand() % nh) * width +
+                  w0 + caffe_rng_rand() % nw;
+            } else {
+              const int h = hs + off_h, w = ws + off_w;
+              if (h >= 0 && w >= 0 && h < height && w < width) {
+                target[i] = h * width + w;
+              }
+            }
+          }
+        }
+      }
+      vector<Blob<Dtype>*> bottom(1, &values);
+      if (mode == 0) {
+        switches.ReshapeLike(values);
+        for (int i = 0; i < values.count(); ++i) {
+          switches.mutable_cpu_data()[i] = target[i];
+        }
+        bottom.push_back(&switches);
+      }
+      // The window-centric definition.
+      const int plane_out = height * width;
+      vector<Dtype> expected(planes * plane_out, Dtype(0));
+      for (int i = 0; i < values.count(); ++i) {
+        if (target[i] >= 0) {
+          const int p = i / (pooled_h * pooled_w);
+          expected[p * plane_out + target[i]] += values.cpu_data()[i];
+        }
+      }
+      Blob<Dtype> top, generic_top, generic_count;
+      vector<Blob<Dtype>*> fast_tops(1, &top);
+      vector<Blob<Dtype>*> generic_tops(1, &generic_top);
+      generic_tops.push_back(&generic_count);
+      UnpoolingLayer<Dtype> layer(param), generic(param);
+      layer.SetUp(bottom, fast_tops);
+      generic.SetUp(bottom, generic_tops);
+      ASSERT_EQ(planes * plane_out, top.count()) << "case " << c;
+      ASSERT_EQ(height, top.height());
+      ASSERT_EQ(width, top.width());
+      caffe_set(top.count(), Dtype(7), top.mutable_cpu_data());  // stale
+      layer.Forward(bottom, fast_tops);
+      generic.Forward(bottom, generic_tops);
+      int wrong = 0;
+      for (int j = 0; j < top.count(); ++j) {
+        if (!SameValue(expected[j], top.cpu_data()[j]) ||
+            !SameValue(expected[j], generic_top.cpu_data()[j])) {
+          if (++wrong <= 5) {
+            ADD_FAILURE() << "case " << c << " mode " << mode << " at " << j
+                << ": expected " << expected[j] << ", fast "
+                << top.cpu_data()[j] << ", generic "
+                << generic_top.cpu_data()[j];
+          }
+        }
+      }
+      // Backward: each value's gradient is the top diff where it landed.
+      caffe_rng_uniform(top.count(), Dtype(-1), Dtype(1),
+                        top.mutable_cpu_diff());
+      caffe_copy(top.count(), top.cpu_diff(), generic_top.mutable_cpu_diff());
+      vector<bool> down(bottom.size(), true);
+      layer.Backward(fast_tops, down, bottom);
+      Blob<Dtype> fast_diff;
+      fast_diff.CopyFrom(values, true, true);
+      caffe_set(values.count(), Dtype(7), values.mutable_cpu_diff());
+      generic.Backward(generic_tops, down, bottom);
+      for (int i = 0; i < values.count(); ++i) {
+        const int p = i / (pooled_h * pooled_w);
+        const Dtype want = target[i] >= 0
+            ? top.cpu_diff()[p * plane_out + target[i]] : Dtype(0);
+        if (!SameValue(want, fast_diff.cpu_diff()[i]) ||
+            !SameValue(want, values.cpu_diff()[i])) {
+          if (++wrong <= 5) {
+            ADD_FAILURE() << "case " << c << " mode " << mode << " diff at "
+                << i << ": expected " << want << ", fast "
+                << fast_diff.cpu_diff()[i] << ", generic "
+                << values.cpu_diff()[i];
+          }
+        }
+      }
+      EXPECT_EQ(0, wrong) << "case " << c << " mode " << mode;
+    }
+  }
+}
+
+// A known switch outside its window on the fast path, in a later pooled row
+// and plane, and one of a window that lies wholly in the padding: reported
+// as the generic path reports it (first in raster order).
+TYPED_TEST(UnpoolingLayerTest, TestNonOverlappingSwitchOutsideWindow) {
+  typedef typename TypeParam::Dtype Dtype;
+  ::testing::FLAGS_gtest_death_test_style = "threadsafe";
+  this->values_->Reshape(2, 2, 3, 3);
+  this->switches_->ReshapeLike(*this->values_);
+  // 2x2/2 on a 6x6 output: window (ph, pw)'s top left cell
+  for (int i = 0; i < this->values_->count(); ++i) {
+    const int ph = (i / 3) % 3, pw = i % 3;
+    this->values_->mutable_cpu_data()[i] = i;
+    this->switches_->mutable_cpu_data()[i] = 2 * ph * 6 + 2 * pw;
+  }
+  // plane 1, window (2, 1): (4, 2) is valid, (4, 1) is window (2, 0)'s;
+  // plane 3 is bad too, reported second.
+  this->switches_->mutable_cpu_data()[9 + 7] = 4 * 6 + 1;
+  this->switches_->mutable_cpu_data()[27 + 7] = 4 * 6 + 1;
+  vector<Blob<Dtype>*> bottom, top(1, this->top_);
+  bottom.push_back(this->values_);
+  bottom.push_back(this->switches_);
+  UnpoolingLayer<Dtype> layer(this->Param(2, 2));
+  layer.SetUp(bottom, top);
+  EXPECT_DEATH(layer.Forward(bottom, top),
+               "Unpooling layer 'unpool': switch 25 at \\(plane 1, 2, 1\\) "
+               "lies outside its pooling window");
+  // 1x1/3 in ceil mode over a 5x5 output: pooled 3x3, the third window row
+  // and column start at 6, outside the output; any switch there is bad.
+  LayerParameter param = this->Param(1, 3);
+  param.mutable_pooling_param()->set_round_mode(
+      PoolingParameter_RoundMode_CEIL);
+  param.mutable_unpooling_param()->set_out_h(5);
+  param.mutable_unpooling_param()->set_out_w(5);
+  for (int i = 0; i < this->values_->count(); ++i) {
+    const int ph = (i / 3) % 3, pw = i % 3;
+    this->switches_->mutable_cpu_data()[i] = 3 * ph * 5 + 3 * pw;
+  }
+  UnpoolingLayer<Dtype> ceil_layer(param);
+  ceil_layer.SetUp(bottom, top);
+  EXPECT_DEATH(ceil_layer.Forward(bottom, top),
+               "Unpooling layer 'unpool': switch 6 at \\(plane 0, 0, 2\\) "
+               "lies outside its pooling window");
+}
+
+// Gradients on the fast path with remainders, padding and gaps.
+TYPED_TEST(UnpoolingLayerTest, TestGradientNonOverlapping) {
+  typedef typename TypeParam::Dtype Dtype;
+  // kernel, stride, pad, input h, w
+  const int known[][5] = {{2, 2, 0, 7, 5}, {2, 2, 1, 6, 7}, {3, 3, 0, 8, 7}};
+  for (int c = 0; c < 3; ++c) {
+    const LayerParameter param =
+        this->Param(known[c][0], known[c][1], known[c][2]);
+    this->PoolRandom(param, known[c][3], known[c][4], false);
+    vector<Blob<Dtype>*> bottom, top(1, this->top_);
+    bottom.push_back(this->values_);
+    bottom.push_back(this->switches_);
+    bottom.push_back(this->reference_);
+    UnpoolingLayer<Dtype> layer(param);
+    GradientChecker<Dtype> checker(1e-2, 1e-3);
+    checker.CheckGradientExhaustive(&layer, bottom, top, 0);
+  }
+  // fixed: kernel, stride, pad
+  const int fixed[][3] = {{2, 2, 1}, {2, 3, 0}, {3, 3, 1}};
+  for (int c = 0; c < 3; ++c) {
+    this->values_->Reshape(2, 3, 3, 4);
+    FillerParameter filler_param;
+    GaussianFiller<Dtype>(filler_param).Fill(this->values_);
+    vector<Blob<Dtype>*> bottom(1, this->values_), top(1, this->top_);
+    UnpoolingLayer<Dtype> layer(
+        this->Param(fixed[c][0], fixed[c][1], fixed[c][2]));
+    GradientChecker<Dtype> checker(1e-2, 1e-3);
+    checker.CheckGradientExhaustive(&layer, bottom, top, 0);
   }
 }
 
