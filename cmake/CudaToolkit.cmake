@@ -57,3 +57,34 @@ function(recon_dec_cuda_toolkit out_var)
   message(STATUS "recon-dec: merged CUDA toolkit ${merged} (${system} + ${wheel})")
   set(${out_var} ${merged} PARENT_SCOPE)
 endfunction()
+
+# cuDNN for RECON_DEC_CUDNN: RECON_DEC_CUDNN_ROOT if set ({include,lib} with
+# cudnn.h and libcudnn.so*), else NVIDIA's wheel nvidia-cudnn-cu13 in the venv
+# (requirements-cudnn.txt: site-packages/nvidia/cudnn/{include,lib}). The
+# wheel has libcudnn.so.9 only, no unversioned link: Caffe is given that file.
+# Its soname is all the build records; at run time the GPU machine's own
+# cuDNN 9 wheel serves it (the GPU bundle never carries libcudnn*).
+function(recon_dec_cudnn include_var library_var)
+  set(root "${RECON_DEC_CUDNN_ROOT}")
+  if(NOT root)
+    execute_process(
+      COMMAND ${RECON_DEC_PYTHON} -c "import nvidia, os; print([p for p in (os.path.join(d, 'cudnn') for d in nvidia.__path__) if os.path.isdir(p)][0])"
+      OUTPUT_VARIABLE root OUTPUT_STRIP_TRAILING_WHITESPACE RESULT_VARIABLE rc ERROR_QUIET)
+    if(NOT rc EQUAL 0)
+      set(root "")
+    endif()
+  endif()
+  set(libs "")
+  if(root)
+    file(GLOB libs ${root}/lib/libcudnn.so ${root}/lib/libcudnn.so.[0-9] ${root}/lib/libcudnn.so.[0-9][0-9])
+  endif()
+  if(NOT libs OR NOT EXISTS ${root}/include/cudnn.h)
+    message(FATAL_ERROR "RECON_DEC_CUDNN=ON but no cuDNN (include/cudnn.h, lib/libcudnn.so*) in '${root}': "
+                        "install requirements-cudnn.txt into the venv (tools/setup.sh --cuda --cudnn does) "
+                        "or set RECON_DEC_CUDNN_ROOT")
+  endif()
+  list(GET libs 0 lib)
+  message(STATUS "recon-dec: cuDNN ${root} (${lib})")
+  set(${include_var} ${root}/include PARENT_SCOPE)
+  set(${library_var} ${lib} PARENT_SCOPE)
+endfunction()

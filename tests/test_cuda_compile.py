@@ -75,3 +75,106 @@ def test_gtests_compile_for_cuda_build(source):
            *include_flags(), "-I", cuda_include]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+# ---[ Caffe's cuDNN code (RECON_DEC_CUDNN) against cuDNN 9, compile only.
+# caffe_ext/patches/0007-cudnn8-api.patch ports it from the v7 API: without
+# the patch the conv/deconv layers and cudnn_softmax_layer.cpp do not compile.
+CUDNN_SOURCES = ["src/caffe/util/cudnn.cpp"] + [
+    f"src/caffe/layers/cudnn_{layer}_layer.{ext}"
+    for layer in ("conv", "deconv", "lcn", "lrn", "pooling", "relu", "sigmoid", "softmax", "tanh")
+    for ext in ("cpp", "cu")]
+
+
+def cudnn_root():
+    """A folder with include/cudnn.h and lib/libcudnn.so.N: $RECON_DEC_CUDNN_HEADERS
+    or the cache tools/test.sh fills (tools/cudnn_headers.py), else the whole
+    nvidia-cudnn-cu13 wheel in the venv (tools/setup.sh --cudnn). None if none."""
+    cache = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")),
+                         "recon-dec", "cudnn")
+    candidates = [os.environ.get("RECON_DEC_CUDNN_HEADERS"), cache]
+    try:
+        import nvidia
+        candidates += [os.path.join(p, "cudnn") for p in nvidia.__path__]
+    except ImportError:
+        pass
+    for root in filter(None, candidates):
+        if (os.path.exists(os.path.join(root, "include", "cudnn_version.h"))
+                and glob.glob(os.path.join(root, "lib", "libcudnn.so.[0-9]*"))):
+            return root
+    return None
+
+
+def need_cudnn():
+    root = cudnn_root()
+    if root is None:
+        pytest.skip("no cuDNN headers: run tools/test.sh (fetches them with nvcc present), "
+                    "python tools/cudnn_headers.py ~/.cache/recon-dec/cudnn, or "
+                    "tools/setup.sh --cuda --cudnn")
+    return root
+
+
+def cudnn_api_library(root):
+    return sorted(glob.glob(os.path.join(root, "lib", "libcudnn.so.[0-9]*")))[0]
+
+
+@pytest.mark.skipif(not os.path.exists(NVCC), reason="no nvcc on this machine")
+@pytest.mark.parametrize("source", CUDNN_SOURCES, ids=os.path.basename)
+def test_caffe_cudnn_source_compiles_against_cudnn9(tmp_path, source):
+    root = need_cudnn()
+    version = open(os.path.join(root, "include", "cudnn_version.h")).read()
+    assert re.search(r"#define CUDNN_MAJOR\s+9\b", version), "expected cuDNN 9 headers"
+    path = str(BUILD / "caffe-src" / source)
+    obj = tmp_path / "cudnn.o"
+    # As the CUDA build compiles them: its -D flags, USE_CUDNN, the cuDNN includes
+    defines = [f"-D{d}" for d in sorted(build_defines()) if d != "CPU_ONLY"] + ["-DUSE_CUDNN"]
+    includes = include_flags() + ["-I", os.path.join(root, "include")]
+    if path.endswith(".cu"):
+        cmd = [NVCC, "-c", path, "-o", str(obj), "-std=c++17", "-gencode",
+               "arch=compute_90,code=sm_90", "-Xcompiler", "-fPIC", *defines, *includes]
+    else:
+        cuda_include = os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "include")
+        cmd = ["g++", "-c", path, "-o", str(obj), "-std=c++17", "-fPIC", "-O0", *defines,
+               *includes, "-I", cuda_include]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    # Every cuDNN function the object calls is exported by cuDNN 9's API library
+    # (deprecated legacy calls included), so the link and the loader find them.
+    undefined = subprocess.run(["nm", "-u", str(obj)], capture_output=True, text=True).stdout
+    called = set(re.findall(r"\b(cudnn\w+)", undefined))
+    if "/layers/" in source:  # util/cudnn.cpp holds constants only
+        assert called, "no cuDNN call: was USE_CUDNN honoured?"
+    exported = set(re.findall(r" T (cudnn\w+)", subprocess.run(
+        ["nm", "-D", "--defined-only", cudnn_api_library(root)],
+        capture_output=True, text=True).stdout))
+    assert called <= exported, f"not in {cudnn_api_library(root)}: {sorted(called - exported)}"
+
+
+def test_caffe_cmake_reads_cudnn9_version(tmp_path):
+    # Caffe's detect_cuDNN (cmake/Cuda.cmake, patched) on cuDNN 9's headers,
+    # which define the version in cudnn_version.h: read from cudnn.h it came
+    # out empty and configuring stopped ("cuDNN version >3 is required").
+    root = need_cudnn()
+    cuda_cmake = (BUILD / "caffe-src/cmake/Cuda.cmake").read_text()
+    function = re.search(r"function\(detect_cuDNN\).*?\nendfunction\(\)", cuda_cmake, re.S).group(0)
+    script = tmp_path / "detect.cmake"
+    script.write_text(f"{function}\n"
+                      f"set(CUDA_CUDART_LIBRARY /nonexistent/libcudart.so)\n"
+                      f"set(CUDNN_INCLUDE {root}/include CACHE PATH \"\")\n"
+                      f"set(CUDNN_LIBRARY {cudnn_api_library(root)} CACHE FILEPATH \"\")\n"
+                      "detect_cuDNN()\nmessage(\"version=${CUDNN_VERSION} have=${HAVE_CUDNN}\")\n")
+    proc = subprocess.run(["cmake", "-P", str(script)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert re.search(r"version=9\.\d+\.\d+ have=TRUE", proc.stderr), proc.stderr[-2000:]
+
+
+def test_gpu_bundle_never_carries_cudnn():
+    # The GPU machine's own cuDNN wheel serves at run time (its libcudnn.so.9
+    # loads the engine libraries beside it): the bundler leaves all of them out.
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("gpu_bundle", REPO / "tools/gpu_bundle.py")
+    gpu_bundle = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_bundle)
+    for name in ("libcudnn.so.9", "libcudnn_cnn.so.9", "libcudnn_ops.so.9",
+                 "libcudnn_engines_precompiled.so.9", "libcudnn_graph.so.9"):
+        assert gpu_bundle.CUDA.match(name), name
