@@ -258,7 +258,8 @@ def test_unpooling_gtests(device):
 @pytest.mark.parametrize("device", ["cpu", "gpu"])
 @pytest.mark.parametrize("suite", [
     "PoolingLayerTest", "ConvolutionLayerTest", "DeconvolutionLayerTest",
-    "InnerProductLayerTest", "EuclideanLossLayerTest", "SoftmaxWithLossLayerTest",
+    "Im2colLayerTest", "InnerProductLayerTest", "EuclideanLossLayerTest",
+    "SoftmaxWithLossLayerTest",
     "NetTest", "SGDSolverTest", "ReshapeLayerTest", "NeuronLayerTest",
     "NetUpgradeTest",
 ])
