@@ -16,7 +16,9 @@ if command -v nvcc >/dev/null || [ -x /usr/local/cuda/bin/nvcc ]; then
   cudnn_dir=${RECON_DEC_CUDNN_HEADERS:-${XDG_CACHE_HOME:-$HOME/.cache}/recon-dec/cudnn}
   if [ ! -f "$cudnn_dir/include/cudnn_version.h" ] && ! [ -d .venv/lib/python3*/site-packages/nvidia/cudnn/include ]; then
     echo "== test: cuDNN 9 headers for the cuDNN compile check into $cudnn_dir"
-    .venv/bin/python tools/cudnn_headers.py "$cudnn_dir"
+    # no wheel (an index without it, a failed download): the check skips, saying so
+    .venv/bin/python tools/cudnn_headers.py "$cudnn_dir" ||
+      echo "== test: warning: no cuDNN headers; the cuDNN compile check will be skipped"
   fi
   export RECON_DEC_CUDNN_HEADERS=$cudnn_dir
 fi
