@@ -75,6 +75,19 @@ class UnpoolingLayerTest : public MultiDeviceTest<TypeParam> {
     pool.SetUp(bottom, top);
     pool.Forward(bottom, top);
   }
+  // GradientChecker on fixed-switch unpooling of random values, one layer
+  // per {kernel, stride, pad} case.
+  void CheckFixedSwitchGradients(const int (*cases)[3], int n) {
+    for (int c = 0; c < n; ++c) {
+      values_->Reshape(2, 3, 3, 4);
+      FillerParameter filler_param;
+      GaussianFiller<Dtype>(filler_param).Fill(values_);
+      vector<Blob<Dtype>*> bottom(1, values_), top(1, top_);
+      UnpoolingLayer<Dtype> layer(Param(cases[c][0], cases[c][1], cases[c][2]));
+      GradientChecker<Dtype> checker(1e-2, 1e-3);
+      checker.CheckGradientExhaustive(&layer, bottom, top, 0);
+    }
+  }
   // Checks every plane of top_ against a 1-plane expectation.
   void ExpectPlanes(const Blob<Dtype>& blob, const Dtype* plane, int size) {
     ASSERT_EQ(0, blob.count() % size);
@@ -284,18 +297,8 @@ TYPED_TEST(UnpoolingLayerTest, TestGradientKnownSwitches) {
 }
 
 TYPED_TEST(UnpoolingLayerTest, TestGradientFixedSwitches) {
-  typedef typename TypeParam::Dtype Dtype;
   const int cases[][3] = {{2, 2, 0}, {3, 2, 0}, {3, 2, 1}, {2, 1, 0}};
-  for (int c = 0; c < 4; ++c) {
-    this->values_->Reshape(2, 3, 3, 4);
-    FillerParameter filler_param;
-    GaussianFiller<Dtype>(filler_param).Fill(this->values_);
-    vector<Blob<Dtype>*> bottom(1, this->values_), top(1, this->top_);
-    UnpoolingLayer<Dtype> layer(
-        this->Param(cases[c][0], cases[c][1], cases[c][2]));
-    GradientChecker<Dtype> checker(1e-2, 1e-3);
-    checker.CheckGradientExhaustive(&layer, bottom, top, 0);
-  }
+  this->CheckFixedSwitchGradients(cases, 4);
 }
 
 TYPED_TEST(UnpoolingLayerTest, TestExplicitOutputSize) {
@@ -611,16 +614,7 @@ TYPED_TEST(UnpoolingLayerTest, TestGradientNonOverlapping) {
   }
   // fixed: kernel, stride, pad
   const int fixed[][3] = {{2, 2, 1}, {2, 3, 0}, {3, 3, 1}};
-  for (int c = 0; c < 3; ++c) {
-    this->values_->Reshape(2, 3, 3, 4);
-    FillerParameter filler_param;
-    GaussianFiller<Dtype>(filler_param).Fill(this->values_);
-    vector<Blob<Dtype>*> bottom(1, this->values_), top(1, this->top_);
-    UnpoolingLayer<Dtype> layer(
-        this->Param(fixed[c][0], fixed[c][1], fixed[c][2]));
-    GradientChecker<Dtype> checker(1e-2, 1e-3);
-    checker.CheckGradientExhaustive(&layer, bottom, top, 0);
-  }
+  this->CheckFixedSwitchGradients(fixed, 3);
 }
 
 #ifndef CPU_ONLY
