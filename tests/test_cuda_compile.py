@@ -39,14 +39,26 @@ def include_flags():
     return [arg for d in dirs for arg in ("-I", str(d))]
 
 
+def nvcc_sm90(source, obj, *flags):
+    """The CUDA build's nvcc command for one .cu file (sm_90, position independent)."""
+    return [NVCC, "-c", str(source), "-o", str(obj), "-std=c++17",
+            "-gencode", "arch=compute_90,code=sm_90", "-Xcompiler", "-fPIC", *flags]
+
+
+def cuda_include():
+    """The toolkit's include folder (cuda_runtime.h), for host-compiled sources."""
+    path = os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "include")
+    assert os.path.exists(os.path.join(path, "cuda_runtime.h")), \
+        f"no cuda_runtime.h in {path}: set CUDA_HOME to the toolkit nvcc belongs to"
+    return path
+
+
 @pytest.mark.skipif(not os.path.exists(NVCC), reason="no nvcc on this machine")
 @pytest.mark.parametrize("source", sorted(glob.glob(str(REPO / "caffe_ext/src/caffe/layers/*.cu"))),
                          ids=os.path.basename)
 def test_cu_compiles_for_sm90(tmp_path, source):
     obj = tmp_path / "layer.o"
-    cmd = [NVCC, "-c", source, "-o", str(obj), "-std=c++17",
-           "-gencode", "arch=compute_90,code=sm_90", "-Xcompiler", "-fPIC",
-           *include_flags()]
+    cmd = nvcc_sm90(source, obj, *include_flags())
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     # The fat binary section is there and names the sm_90 ELF of our kernels.
@@ -67,12 +79,9 @@ def test_gtests_compile_for_cuda_build(source):
     # The CPU build's -D flags less CPU_ONLY: the #ifndef CPU_ONLY tests are
     # compiled (syntax and templates; host compiler, as in the CUDA build).
     defines = [f"-D{d}" for d in sorted(build_defines()) if d != "CPU_ONLY"]
-    cuda_include = os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "include")
-    assert os.path.exists(os.path.join(cuda_include, "cuda_runtime.h")), \
-        f"no cuda_runtime.h in {cuda_include}: set CUDA_HOME to the toolkit nvcc belongs to"
     cmd = ["g++", "-fsyntax-only", "-std=c++17", str(source), *defines,
            "-I", str(BUILD / "caffe-src/src"),  # Caffe's bundled gtest
-           *include_flags(), "-I", cuda_include]
+           *include_flags(), "-I", cuda_include()]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
@@ -130,12 +139,10 @@ def test_caffe_cudnn_source_compiles_against_cudnn9(tmp_path, source):
     defines = [f"-D{d}" for d in sorted(build_defines()) if d != "CPU_ONLY"] + ["-DUSE_CUDNN"]
     includes = include_flags() + ["-I", os.path.join(root, "include")]
     if path.endswith(".cu"):
-        cmd = [NVCC, "-c", path, "-o", str(obj), "-std=c++17", "-gencode",
-               "arch=compute_90,code=sm_90", "-Xcompiler", "-fPIC", *defines, *includes]
+        cmd = nvcc_sm90(path, obj, *defines, *includes)
     else:
-        cuda_include = os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "include")
         cmd = ["g++", "-c", path, "-o", str(obj), "-std=c++17", "-fPIC", "-O0", *defines,
-               *includes, "-I", cuda_include]
+               *includes, "-I", cuda_include()]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     # Every cuDNN function the object calls is exported by cuDNN 9's API library
