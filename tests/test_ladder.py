@@ -582,3 +582,85 @@ def test_data_that_does_not_fit_the_net(flag, shape, message, tmp_path, capsys):
     assert f"train_val.prototxt: layer '{layer}': {tmp_path / 'later'}: " in err, err
     assert message in err, err
     assert sorted(p.relative_to(tmp_path / "out") for p in (tmp_path / "out").rglob("*")) == before
+
+
+# --------------------------------------------------------------------------
+# the final evaluation's statistics, recomputed over the training set
+def _images_lmdb(path, images):
+    from recon_dec.data import store
+    store.write_raw_lmdb(images, np.zeros(len(images), np.int64), path, str(path))
+    return str(path)
+
+
+def test_statistics_recomputed_over_the_training_set(tiny, tmp_path, caffe):
+    """``recompute-stats``: each full batch of the LMDB normalised with its
+    own statistics, level by level, the weights fixed; the stored running
+    statistics become the batches' average mean and unbiased variance (as
+    numpy computes them), the incomplete last batch left out, every other
+    blob of the caffemodel unchanged; the deploy then predicts with them."""
+    path = _with_inputs(tiny / "full" / "train_val.prototxt", tmp_path / "net.prototxt")
+    net = caffe.Net(path, caffe.TRAIN)
+    rng = np.random.default_rng(11)
+    _randomise(net, rng)
+    for s in net.params["fc2/stats@labeled"]:   # stale running statistics, to be replaced
+        s.data[...] = rng.uniform(1, 2, s.data.shape)
+    weights = str(tmp_path / "trained.caffemodel")
+    net.save(weights)
+    images = rng.integers(0, 256, (11, 2, 2, 2), dtype=np.uint8)
+    db = _images_lmdb(tmp_path / "train_lmdb", images)
+    out = tmp_path / "restat.caffemodel"
+    scale = 1 / 255.0
+    assert cli.main(["recompute-stats", "--net", str(tiny / "full" / "deploy.prototxt"), "--weights", weights,
+                     "--db", db, "--out", str(out), "--batch-size", str(N), "--scale", str(scale)]) == 0
+    W = lambda n: net.params[n][0].data.astype(np.float64)
+    want = {name: ([], []) for name, _ in LEVELS[1:]}
+    for b in range(len(images) // N):            # 2 full batches of 4; the last 3 images left out
+        h = images[b * N:(b + 1) * N].reshape(N, -1).astype(np.float64) * scale
+        for i, (name, _) in enumerate(LEVELS[1:], 1):
+            z, m, v = _bn(h @ W(name).T)
+            want[name][0].append(m)
+            want[name][1].append(v * N / (N - 1))
+            if i < len(LEVELS) - 1:
+                h = np.maximum(z + net.params[f"{name}/beta"][0].data, 0)
+    restat = caffe.Net(str(tiny / "full" / "deploy.prototxt"), caffe.TEST, weights=str(out))
+    before = caffe.Net(str(tiny / "full" / "deploy.prototxt"), caffe.TEST, weights=weights)
+    for name, (means, variances) in want.items():
+        s = restat.params[f"{name}/stats@labeled"]
+        np.testing.assert_allclose(s[0].data / s[2].data, np.mean(means, 0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(s[1].data / s[2].data, np.mean(variances, 0), rtol=1e-5, atol=1e-6)
+    stale, new = before.params["fc2/stats@labeled"], restat.params["fc2/stats@labeled"]
+    assert not np.allclose(new[0].data / new[2].data, stale[0].data / stale[2].data)
+    from recon_dec.caffe_io import protos as p
+    a = p.caffemodel_layers(p.read_caffemodel(weights))
+    b = p.caffemodel_layers(p.read_caffemodel(str(out)))
+    assert sorted(a) == sorted(b)
+    changed = sorted(n for n in a if any(list(x.data) != list(y.data) for x, y in zip(a[n].blobs, b[n].blobs)))
+    assert changed == sorted(f"{name}/stats@labeled" for name in want)   # and nothing else
+    # the deploy predicts with the recomputed statistics
+    x = images[:N].astype(np.float64) * scale
+    restat.blobs["data"].reshape(N, 2, 2, 2)
+    restat.blobs["data"].data[...] = x
+    restat.forward()
+    stats = {n: (np.mean(m, 0), np.mean(v, 0)) for n, (m, v) in want.items()}
+    np.testing.assert_allclose(restat.blobs["fc3/logits"].data, _clean_test_logits(x.reshape(N, -1), net, stats),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("no statistics", "no BatchNorm or BatchStats layer, so no statistics to recompute"),
+    ("other size", "key 00000000: a 3x3 image; the net"),
+])
+def test_recompute_stats_bad_input(case, message, tiny, tmp_path, capsys, caffe):
+    deploy = str(tiny / "full" / "deploy.prototxt")
+    net = caffe.Net(deploy, caffe.TEST)
+    weights = str(tmp_path / "w.caffemodel")
+    net.save(weights)
+    db = _raw_lmdb(tmp_path / "db", (2, 3, 3) if case == "other size" else (2, 2, 2))
+    if case == "no statistics":
+        deploy = str(tmp_path / "plain.prototxt")
+        pathlib.Path(deploy).write_text(TINY)
+    out = tmp_path / "out.caffemodel"
+    assert cli.main(["recompute-stats", "--net", deploy, "--weights", weights, "--db", db, "--out", str(out)]) == 2
+    err = _one_line(capsys)
+    assert message in err and (deploy in err or db in err), err
+    assert not out.exists()

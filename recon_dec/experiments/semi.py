@@ -234,7 +234,7 @@ def _cmd(a):
                           os.path.abspath(a.net) if a.net else ladder.MLP)
         md = (f"{a.dataset}: ladder networks, test error (%) of the clean pass, mean ± std over seeds {a.seeds}; "
               f"{a.iters} iterations of 100 labeled + 100 unlabeled images (decay over the last third); "
-              f"{time.time() - t0:.0f} s in this call.\n\n" + ladder.table(rows))
+              f"{time.time() - t0:.0f} s in this call.\n\n" + ladder.tables(rows))
         atomic.write_text(os.path.join(a.out, "results.md"), md + "\n")
         print(md)
         return 0

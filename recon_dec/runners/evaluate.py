@@ -416,6 +416,79 @@ def evaluate(deploy, weights, db, scheme="single-crop", shorter_edge=256, crop=2
     return result
 
 
+# --------------------------------------------------------------------------
+# population statistics of batch normalisation, recomputed after training
+STATISTICS_LAYERS = {"BatchNorm": "batch_norm_param", "BatchStats": "batch_stats_param"}
+
+
+def recompute_statistics(deploy, weights, db, out, batch_size=100, mean=None, scale=1.0):
+    """Recomputes the running statistics of every BatchNorm / BatchStats
+    layer of ``deploy`` over the images of ``db``, the weights fixed, and
+    writes ``weights`` with them replaced to ``out`` (every other blob as it
+    was). Each full batch is normalised with its own statistics, as in
+    training, layer by layer, and the batches' means and unbiased variances
+    are averaged (Caffe's moving average with fraction 1): the population
+    statistics the official ladder code evaluates with, rather than the
+    moving average of the last iterations. The last, incomplete batch is
+    left out (a batch of other size would weigh as much as a full one);
+    an LMDB smaller than ``batch_size`` is one batch. Returns
+    {"images": used, "batches": n, "layers": [names]}."""
+    caffe = _caffe()
+    param = classifier_only(protos.read_net(deploy), deploy)
+    layers = [l for l in param.layer if l.type in STATISTICS_LAYERS]
+    if not layers:
+        raise ReconDecError(f"{deploy}: no BatchNorm or BatchStats layer, so no statistics to recompute")
+    shape = input_shape(deploy)
+    if shape is None:
+        raise ReconDecError(f"{deploy}: no Input layer with a N,C,H,W shape (a deploy prototxt is needed)")
+    c, h, w = shape
+    protos.check_caffemodel_file(values.check_in_file(weights, "--weights", "caffemodel"))
+    total = data.check_lmdb(db)
+    have = data.first_image(db)[0]
+    if have != c:
+        raise ReconDecError(f"{db}: images with {have} channel{'s' * (have != 1)}, the net ({deploy}) takes {c}")
+    for l in layers:
+        p = getattr(l, STATISTICS_LAYERS[l.type])
+        p.use_global_stats = False
+        p.moving_average_fraction = 1.0
+    check_builds(deploy, param)
+    caffe.set_mode_cpu()
+    with tempfile.NamedTemporaryFile("w", suffix=".prototxt") as f:
+        f.write(protos.to_text(param))
+        f.flush()
+        net = caffe.Net(f.name, caffe.TEST)
+    load_weights(net, weights, deploy)
+    for l in layers:
+        for b in net.params[l.name]:
+            b.data[...] = 0
+    inp = net.inputs[0]
+    batch_size = min(batch_size, total)
+    net.blobs[inp].reshape(batch_size, c, h, w)
+    meanv = parse_mean(mean, c)
+    batch, batches = [], 0
+    data.walk(db)  # a corrupt page stops a forked child first, not this process
+    for k, v in data.iter_lmdb(db):
+        img, _ = data.decode_value(v, where=f"{db}: key {k.decode(errors='replace')}")
+        if img.shape[:2] != (h, w):
+            raise ReconDecError(f"{db}: key {k.decode(errors='replace')}: a {img.shape[0]}x{img.shape[1]} "
+                                f"image; the net ({deploy}) takes {h}x{w}")
+        batch.append(_prep(img, meanv, scale))
+        if len(batch) == batch_size:
+            net.blobs[inp].data[...] = np.stack(batch)
+            net.forward()
+            batch, batches = [], batches + 1
+    model = protos.read_caffemodel(weights)
+    held = protos.caffemodel_layers(model)
+    for l in layers:
+        if l.name not in held:
+            raise ReconDecError(f"{weights}: no blobs for layer '{l.name}' of {deploy}")
+        for dst, src in zip(held[l.name].blobs, net.params[l.name]):
+            del dst.data[:]
+            dst.data.extend(src.data.ravel().tolist())
+    atomic.write_bytes(out, model.SerializeToString())
+    return {"images": batches * batch_size, "batches": batches, "layers": [l.name for l in layers]}
+
+
 def register(subparsers):
     p = subparsers.add_parser("eval", help="top-1/top-5 error: single-crop or dense")
     p.add_argument("--net", required=True, help="deploy prototxt")
@@ -439,6 +512,22 @@ def register(subparsers):
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_eval)
 
+    p = subparsers.add_parser(
+        "recompute-stats", help="batch-normalisation statistics recomputed over a training LMDB",
+        description="Writes --weights with the running statistics of every BatchNorm/BatchStats layer of "
+                    "--net replaced by their averages over the full batches of --db (weights fixed, each "
+                    "batch normalised with its own statistics, as in training).")
+    p.add_argument("--net", required=True, help="deploy prototxt")
+    p.add_argument("--weights", required=True, help="caffemodel")
+    p.add_argument("--db", required=True, help="LMDB of the training images (labels unused)")
+    p.add_argument("--out", required=True, help="caffemodel to write")
+    p.add_argument("--batch-size", type=values.arg_int(2, 65536), default=100,
+                   help="the training batch size (default 100, the ladder's)")
+    p.add_argument("--mean", default=None, help="per-channel mean, as for eval (default none)")
+    p.add_argument("--scale", type=values.arg_float(0, values.FLT_MAX, low_open=True), default=1.0,
+                   help="the training data layer's transform_param scale (e.g. 0.00392157)")
+    p.set_defaults(func=_cmd_recompute_stats)
+
 
 def _cmd_eval(args):
     if args.out is not None:
@@ -452,3 +541,10 @@ def _cmd_eval(args):
         atomic.write_text(args.out, text + "\n")
     print(f"{r['split']} {r['scheme']}: top-1 error {r['top1_error']:.2f}%, "
           f"top-{r['top5_k']} error {r['top5_error']:.2f}% on {r['n']} images")
+
+
+def _cmd_recompute_stats(args):
+    values.check_out_file(args.out)
+    r = recompute_statistics(args.net, args.weights, args.db, args.out, args.batch_size, args.mean, args.scale)
+    print(f"{args.out}: statistics of {len(r['layers'])} layers over {r['images']} images "
+          f"({r['batches']} batches of {args.batch_size})")
