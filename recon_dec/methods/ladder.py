@@ -556,8 +556,9 @@ class Ladder(Method):
                 "`<layer>/stats@labeled` holds the running statistics TEST and the deploy net use; the decoder is "
                 "`dec:<layer>/...` (`V`, `u`, `g` the combinator, `zhat`), its costs `dec:loss@<layer>` "
                 "(already weighted: 2 lambda / width). Stage `decay` starts from `train`'s weights and running "
-                "statistics; the official code's final re-estimation of the statistics over the training set "
-                "is not done.", ""]
+                "statistics. The official code evaluates with the statistics recomputed over the training set: "
+                "`recon-dec recompute-stats --net deploy.prototxt --weights W --db TRAIN_LMDB --scale 0.00392157 "
+                "--out W2` writes them into a copy of the weights.", ""]
 
 
 def lambdas_for(mo, variant, levels, path, conv=False):
