@@ -7,9 +7,13 @@ level, pools included, the same weights and the noise read from the net),
 its top cost and cross-entropy to 1e-5; the passes share the conv weights;
 TEST is the clean pass on the running statistics; the shipped Conv-Small
 builds and learns in 20 iterations of `caffe train` on MNIST-5k; bad conv
-encoders and the full ladder on a conv net get one line and nothing
+encoders and the full ladder on a conv net without --lambdas get one line and nothing
 written. The same tiny net with the global pool as its top (Conv-Large's
-form: the softmax on the pooled maps) is checked as well."""
+form: the softmax on the pooled maps) is checked as well. The full ladder
+on the same nets (and on a 7x7 input, whose rounded-up pooling makes the
+decoder crop): every level's cost equals a numpy version of the official
+code's decoder (V, deconvolution, depooling, per-channel combinators) to
+1e-5; it trains; encoders whose decoder cannot mirror them are named."""
 import pathlib
 import re
 
@@ -74,7 +78,7 @@ def tiny(generated):
     return generated["fc"]
 
 
-def _with_inputs(src, dst):
+def _with_inputs(src, dst, side=6):
     """The train_val net with its data layers as Input layers."""
     net = protos.read_net(str(src))
     for l in net.layer:
@@ -85,7 +89,7 @@ def _with_inputs(src, dst):
             l.name, l.type = tops[0], "Input"
             l.top.extend(tops)
             l.include.extend(include)
-            l.input_param.shape.add().dim.extend([rows, 2, 6, 6])
+            l.input_param.shape.add().dim.extend([rows, 2, side, side])
             l.input_param.shape.add().dim.extend([rows])
     pathlib.Path(dst).write_text(str(net))
     return str(dst)
@@ -152,7 +156,8 @@ def _pre(net, name, h):
         return _conv(h, _P(net, name)[0], 2)
     if name == "conv2":
         return _conv(h, _P(net, name)[0], 0)
-    if name == "pool1":
+    if name == "pool1":   # Caffe rounds up: an odd last window is clipped
+        h = np.pad(h, ((0, 0), (0, 0), (0, h.shape[2] % 2), (0, h.shape[3] % 2)), constant_values=-np.inf)
         n, c, hh, ww = h.shape
         return h.reshape(n, c, hh // 2, 2, ww // 2, 2).max((3, 5))
     if name == "pool2":
@@ -369,7 +374,7 @@ def _one_line(capsys):
 
 
 @pytest.mark.parametrize("changes, message", [
-    ((), "layer 'conv1': --variant full: the full ladder is built for fully-connected encoders"),
+    ((), "--lambdas: --variant full on the convolutional encoder"),
     ((('layer { name: "fc"', 'layer { name: "side" type: "Convolution" bottom: "pool1" top: "side" '
       'convolution_param { num_output: 2 kernel_size: 1 } }\nlayer { name: "fc"'),),
      "layer 'side': reads blob 'pool1' but the previous layer wrote 'pool2' (branching nets"),
@@ -399,6 +404,178 @@ def test_bad_conv_encoders_are_named(changes, message, tmp_path, capsys):
     variant = "gamma" if changes else "full"
     assert _generate(tmp_path / "out", bad, "--variant", variant, "--labeled-source", "/x/l",
                      "--train-source", "/x/u") == 2
+    err = _one_line(capsys)
+    assert str(bad) in err and message in err, err
+    assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------
+# the full ladder on a conv encoder: a decoder level under every level
+FULL_LAMBDAS = {"fc": (0.6, 1.1, 0.9, 1.3, 0.7, 1.9), "pooltop": (0.6, 1.1, 0.9, 1.3, 1.9),
+                "odd": (0.6, 1.1, 0.9, 1.3, 0.7, 1.9)}
+# a 7x7 input: conv1 9x9, pool1 rounds up to 5x5, so the depooled 10x10 is cropped to 9x9
+FULL_NETS = dict(NETS, odd=(TINY.replace("dim: 6 dim: 6", "dim: 7 dim: 7"), NETS["fc"][1], 3))
+SIDES = {"fc": 6, "pooltop": 6, "odd": 7}
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory):
+    """{net: output directory} of both tiny nets, variant full."""
+    d = tmp_path_factory.mktemp("ladder_conv_full")
+    out = {}
+    for key, (text, _, _) in FULL_NETS.items():
+        (d / f"{key}.prototxt").write_text(text)
+        assert _generate(d / key, d / f"{key}.prototxt", "--variant", "full", "--labeled-source", "/x/labeled",
+                         "--train-source", "/x/unlabeled", "--val-source", "/x/test", "--batch", str(N),
+                         "--test-batch", str(TEST_ROWS), "--solver-mode", "CPU", "--lambdas",
+                         ",".join(map(str, FULL_LAMBDAS[key])), "--input-noise-std", str(INPUT_NOISE),
+                         "--noise-std", str(LAYER_NOISE)) == 0
+        out[key] = d / key
+    return out
+
+
+def _deconv(x, w, pad):
+    """Caffe's Deconvolution, stride 1: each input value spreads its kernel
+    (weights C_in x C_out x k x k), the pad cut off the border."""
+    kh, kw = w.shape[2:]
+    n, _, h, wd = x.shape
+    out = np.zeros((n, w.shape[1], h + kh - 1, wd + kw - 1))
+    for i in range(kh):
+        for j in range(kw):
+            out[:, :, i:i + h, j:j + wd] += np.einsum("nchw,co->nohw", x, w[:, :, i, j])
+    return out[:, :, pad:out.shape[2] - pad, pad:out.shape[3] - pad]
+
+
+def _gauss(a, z, u):
+    mu = a[0] * _sigmoid(a[1] * u + a[2]) + a[3] * u + a[4]
+    v = a[5] * _sigmoid(a[6] * u + a[7]) + a[8] * u + a[9]
+    return (z - mu) * v + mu
+
+
+def full_ladder(net, levels, lambdas):
+    """The official code's full ladder on the tiny conv nets (``g`` and
+    ``g_deconv``): every level's denoising cost lambda_l mean_n ||z -
+    zhat_BN||^2 / width over the unlabeled rows, u from the level above
+    through V (fc, per unit), a deconvolution (conv) or a depooling (max:
+    each value over its 2x2 window; global: broadcast), batch-normalised per
+    channel, the gauss combinator per channel below a conv or pool."""
+    streams = ("labeled", "unlabeled")
+    data = lambda s, suffix="": net.blobs[f"data/{s}{suffix}"].data.astype(np.float64)
+    z, mean, var, _ = _encoder(net, levels, [data(s) for s in streams], False, streams)
+    zt, _, _, logits = _encoder(net, levels, [data(s, "/noisy") for s in streams], True, streams)
+    label = net.blobs["label"].data.astype(int)
+    costs = {"loss": -np.mean(np.log(_softmax(logits[0])[np.arange(N), label]))}
+    names = ["data"] + levels
+    zhat = None
+    for l in range(len(names) - 1, -1, -1):
+        name = names[l]
+        a = [b.data.astype(np.float64) for b in net.params[f"dec:{name}/g"]]
+        clean = data("unlabeled") if l == 0 else z[name][1]
+        corrupted = data("unlabeled", "/noisy") if l == 0 else zt[name][1]
+        if l == len(names) - 1:
+            u = _bn(_softmax(logits[1]))[0]
+            per_channel = False
+        else:
+            above = names[l + 1]
+            if above == "fc":
+                u = _bn(zhat.reshape(N, -1) @ _P(net, f"dec:{name}/V")[0].T)[0].reshape(clean.shape)
+                per_channel = False
+            else:
+                if above.startswith("conv"):
+                    pre = _deconv(zhat, _P(net, f"dec:{name}/V")[0], 2 if above == "conv1" else 0)
+                elif above == "pool1":
+                    pre = zhat.repeat(2, 2).repeat(2, 3)[:, :, :clean.shape[2], :clean.shape[3]]
+                else:   # pool2: global
+                    pre = np.broadcast_to(zhat, clean.shape)
+                u = _bn(pre)[0]
+                per_channel = True
+        a = [_per_channel(x, u) if per_channel else x.reshape(u.shape[1:]) for x in a]
+        flat = lambda x: x.reshape(N, -1) if not per_channel and x.ndim != u.ndim else x
+        zhat = _gauss(a, flat(corrupted), u).reshape(clean.shape)
+        zhat_bn = zhat if l == 0 else (zhat - mean[name][1]) / np.sqrt(var[name][1] + 1e-10)
+        width = np.prod(clean.shape[1:])
+        costs[f"dec:loss@{name}"] = lambdas[l] * np.mean(((zhat_bn - clean) ** 2).reshape(N, -1).sum(1)) / width
+    return costs
+
+
+@pytest.mark.parametrize("key", sorted(FULL_NETS))
+def test_forward_is_the_full_conv_ladder(key, full, tmp_path, caffe):
+    _, levels, classes = FULL_NETS[key]
+    path = _with_inputs(full[key] / "full" / "train_val.prototxt", tmp_path / "net.prototxt", SIDES[key])
+    net = caffe.Net(path, caffe.TRAIN)
+    rng = np.random.default_rng(5)
+    _randomise(net, rng)
+    for name in [n for n in net.params if n.endswith("/up")]:   # the depooling's fixed weights, as generated
+        net.params[name][0].data[...] = 1
+    for s in ("labeled", "unlabeled"):
+        net.blobs[f"data/{s}"].data[...] = rng.uniform(0, 1, net.blobs[f"data/{s}"].data.shape)
+    net.blobs["label"].data[...] = rng.integers(0, classes, N)
+    net.forward()
+    want = full_ladder(net, levels, FULL_LAMBDAS[key])
+    got = _caffe_costs(net, path)
+    assert sorted(got) == sorted(want) == sorted(["loss"] + [f"dec:loss@{n}" for n in ["data"] + levels])
+    for k in want:
+        assert want[k] > 1e-3, k
+        assert got[k] == pytest.approx(want[k], rel=1e-5, abs=1e-6), k
+    # the decoder's own weights and fixed depooling; combinators per channel below a conv or pool
+    params = {n: [b.data.shape for b in net.params[n]] for n in net.params if n.startswith("dec:")}
+    assert params["dec:data/V"] == [(3, 2, 3, 3)] and params["dec:pool1/V"] == [(4, 3, 3, 3)]
+    assert params["dec:conv1/g"] == [(3,)] * 10 and params["dec:data/g"] == [(2,)] * 10
+    layers = {l.name: l for l in protos.read_net(path).layer}
+    assert ("dec:conv1/up/crop" in layers) == (key == "odd")
+    assert [(p.lr_mult, p.decay_mult) for p in layers["dec:conv1/up"].param] == [(0, 0)]
+    assert layers["dec:data/V"].convolution_param.weight_filler.variance_norm == 1   # FAN_OUT: fan-in from above
+    fresh = caffe.Net(path, caffe.TRAIN)
+    np.testing.assert_array_equal(fresh.params["dec:conv1/up"][0].data, 1)
+
+
+def test_full_conv_ladder_learns(tmp_path):
+    """The full ladder on the tiny conv net trains with `caffe train` from
+    LMDBs (40 seeded random 2x6x6 images with a brightness ramp): 30
+    iterations, every cost finite and logged, the total falling."""
+    from recon_dec.data import store
+    rng = np.random.default_rng(3)
+    images = (rng.uniform(0, 1, (40, 2, 6, 6)) * np.linspace(0.2, 1, 6)[None, None, :, None] * 255).astype(np.uint8)
+    for name in ("labeled", "unlabeled", "test"):
+        store.write_raw_lmdb(images, rng.integers(0, 3, 40), tmp_path / name, name)
+    (tmp_path / "tiny.prototxt").write_text(TINY)
+    out = tmp_path / "out"
+    assert _generate(out, tmp_path / "tiny.prototxt", "--variant", "full", "--labeled-source", str(tmp_path / "labeled"),
+                     "--train-source", str(tmp_path / "unlabeled"), "--val-source", str(tmp_path / "test"),
+                     "--lambdas", ",".join(map(str, FULL_LAMBDAS["fc"])), "--batch", "8", "--test-batch", "8",
+                     "--test-iter", "1", "--test-interval", "30", "--max-iter", "30", "--random-seed", "2",
+                     "--solver-mode", "CPU") == 0
+    solver = out / "full" / "train" / "solver.prototxt"
+    solver.write_text(re.sub(r"average_loss: \d+", "average_loss: 1", re.sub(r"display: \d+", "display: 1",
+                                                                                solver.read_text())))
+    assert cli.main(["train", str(out / "full" / "plan.json"), "--stage", "train", "--no-progress"]) == 0
+    log = (out / "full" / "logs" / "train.log").read_text()
+    heads = {}
+    for name, value in re.findall(r"Train net output #\d+: (\S+) = (\S+)", log):
+        heads.setdefault(name, []).append(float(value))
+    assert sorted(heads) == sorted(["loss"] + [f"dec:loss@{n}" for n in ["data"] + NETS["fc"][1]])
+    total = np.sum([v for v in heads.values()], axis=0)
+    assert np.all(np.isfinite(total)) and len(total) == 30
+    assert np.mean(total[-5:]) < 0.9 * np.mean(total[:5]), total
+
+
+@pytest.mark.parametrize("changes, message", [
+    ([("pool: MAX kernel_size: 2 stride: 2", "pool: MAX kernel_size: 3 stride: 2")],
+     "layer 'pool1': --variant full: the decoder copies each pooled value over its window, which needs a kernel "
+     "equal to the stride"),
+    ([("num_output: 3 kernel_size: 3 pad: 2 }", "num_output: 3 kernel_size: 3 pad: 2 stride: 2 }"),
+      ("dim: 6 dim: 6", "dim: 12 dim: 12")],      # conv1 drops the last row and column: 12 -> 7 -> 11
+     "layer 'conv1': --variant full: the decoder's deconvolution gives 11x11 from 3x7x7, not the 12x12"),
+])
+def test_full_conv_ladders_that_cannot_mirror(changes, message, tmp_path, capsys):
+    net = TINY
+    for old, new in changes:
+        assert old in net
+        net = net.replace(old, new)
+    bad = tmp_path / "bad.prototxt"
+    bad.write_text(net)
+    assert _generate(tmp_path / "out", bad, "--variant", "full", "--labeled-source", "/x/l", "--train-source",
+                     "/x/u", "--lambdas", "1,1,1,1,1,1") == 2
     err = _one_line(capsys)
     assert str(bad) in err and message in err, err
     assert not (tmp_path / "out").exists()

@@ -20,7 +20,9 @@ inserts everything the ladder needs:
   clean labeled half (moving average fraction 0.9, unbiased variance);
 - a decoder on the unlabeled rows with its own weights V: u = batchnorm of
   the corrupted softmax output at the top, u = batchnorm(V zhat) below (no
-  scale/shift), zhat = g(z~, u) (LadderCombinator, "gauss"), zhat_BN =
+  scale/shift; below a convolution a Deconvolution of its geometry, below
+  a pooling each pooled value copied over its window, then per channel),
+  zhat = g(z~, u) (LadderCombinator, "gauss"), zhat_BN =
   zhat normalised with the clean unlabeled batch mean and variance (no
   gradient through them), denoising cost lambda_l ||z - zhat_BN||^2 / width
   averaged over the unlabeled rows (EuclideanLoss, weight 2 lambda / width;
@@ -28,7 +30,7 @@ inserts everything the ladder needs:
 - supervised cross-entropy on the corrupted output of the labeled rows only;
   TEST and the deploy net: the clean pass on the running statistics.
 
-Variants: ``full`` (every level's cost; fully-connected encoders only),
+Variants: ``full`` (every level's cost; a conv encoder's lambdas given),
 ``gamma`` (the Gamma-model: the top cost only; the paper's Conv-Small and
 Conv-Large are Gamma-models) and ``supervised`` (the control: the same
 encoder on the labeled stream alone, layer noise 0.5 as the official MLP
@@ -42,7 +44,7 @@ import os
 from dataclasses import dataclass, field
 
 from ..caffe_io import protos
-from ..caffe_io.shapes import pool_geometry, pool_out, shape_text
+from ..caffe_io.shapes import conv_geometry, pool_geometry, pool_out, shape_text
 from ..errors import ReconDecError, where
 from ..graph import builder
 from ..graph import layers as L
@@ -95,7 +97,7 @@ PROVENANCE = """\
 | lambda presets (`--lambdas-preset`) | 100: 1000, 10, 0.1...; 1000: 2000, 20, 0.1...; all: 1000, 1, 0.01...; 50: 2000, 20, 0.1...; Gamma: 0.5 / 10 / 2 (50: 0.5) | the official README (Gamma at 50 labels: **our choice**) |
 | weights | W and V gaussian, std 1/sqrt(fan-in); no biases (beta); gamma 1, beta 0 | the official code (`randn / sqrt(in_dim)`) |
 | solver | Adam lr 0.002 (beta1 0.9, beta2 0.999), batch 100 labeled + 100 unlabeled (`--batch` sets both) | the official code |
-| convolutional encoders | every Convolution and Pooling layer a level: conv W h without bias, BN per channel (statistics over the batch and the positions), noise, beta per channel, ReLU; pools normalised and corrupted too, linear (no beta, no ReLU); weights uniform +-sqrt(3 / fan-in) (`xavier`); the global mean pool's constant scale (6 sqrt 3) left out (batch normalisation cancels it); Gamma-model only (the conv decoder of the full ladder is not built); default top lambda 1 and supervised noise 0.45 (that baseline's shorter schedule, 20 epochs with the decay from 50%, is not the default: `--max-iter`) | the official code (`f_conv`, `f_pool`, `rand_init_conv`) and its Conv-Small commands; running variance unbiased by M/(M-1) with M the values a channel (the official code: the batch size): **our choice** (Caffe's BatchNorm convention) |
+| convolutional encoders | every Convolution and Pooling layer a level: conv W h without bias, BN per channel (statistics over the batch and the positions), noise, beta per channel, ReLU; pools normalised and corrupted too, linear (no beta, no ReLU); weights uniform +-sqrt(3 / fan-in) (`xavier`); the global mean pool's constant scale (6 sqrt 3) left out (batch normalisation cancels it); the full ladder's decoder: a Deconvolution of the convolution's geometry and its own weights (xavier over the fan-in from above), pooled values copied over their windows (kernel = stride, no pad; a global pool broadcast), u and the combinator per channel, lambdas given with `--lambdas`; Gamma default top lambda 1 and supervised noise 0.45 (that baseline's shorter schedule, 20 epochs with the decay from 50%, is not the default: `--max-iter`) | the official code (`f_conv`, `f_pool`, `g_deconv`, `rand_init_conv`) and its Conv-Small commands; running variance unbiased by M/(M-1) with M the values a channel (the official code: the batch size): **our choice** (Caffe's BatchNorm convention) |
 | schedule | `train` 60000 iterations fixed, then `decay` 30000 iterations linearly to 0 (`poly`, power 1) from `train`'s weights: 150 epochs of MNIST's 60,000, decay from 67% | the official code; Adam's moments restart at the second stage: **our choice** (two stages) |
 """
 
@@ -378,31 +380,94 @@ def deploy_pass(levels, input_blob="data"):
     return encoder_pass(levels, "", input_blob, lambda p, lv: _bn_whole(p, lv.name, None, global_stats=True))
 
 
-def decoder(levels, lambdas, lowest):
+def _from_above(path, lv, above, m, reference):
+    """The decoder's map from the ``above`` level's zhat down to ``lv``
+    (the official code's V and ``g_deconv``), before u's normalisation:
+    -> (layers, output blob, whether the combinator is per channel). Below
+    an InnerProduct: V zhat (per unit). Below a Convolution: a
+    Deconvolution of its own weights with the convolution's geometry (the
+    official transposed "full"/"valid" convolution). Below a pooling: each
+    pooled value copied over its window (fixed weights: the official
+    depooling; a global pooling broadcasts), cropped to ``reference``'s
+    size where the pooling rounded up. The last two per channel."""
+    src = f"dec:{above.name}/zhat"
+    if above.type == "InnerProduct":
+        return [L.ip_layer(f"{m}/V", src, f"{m}/Vz", lv.width, params=(L.WEIGHT,),
+                           std=_g(1.0 / math.sqrt(above.width)), bias=False)], f"{m}/Vz", False
+    at = where(path, above.source_name)
+    c, h, w = lv.shape
+    if above.type == "Convolution":
+        l = L.set_params(L.layer(f"{m}/V", "Deconvolution", [src], [f"{m}/Vz"]), [L.WEIGHT])
+        cp = l.convolution_param
+        cp.CopyFrom(above.layer.param.convolution_param)
+        cp.num_output, cp.bias_term = c, False
+        cp.ClearField("bias_filler")
+        cp.weight_filler.Clear()
+        # uniform +-sqrt(3 / fan-in of the map from above), the official rand_init_conv
+        cp.weight_filler.type, cp.weight_filler.variance_norm = "xavier", cp.weight_filler.FAN_OUT
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = conv_geometry(cp)
+        got = tuple((n - 1) * s - 2 * p + d * (k - 1) + 1
+                    for n, k, s, p, d in zip(above.shape[1:], (kh, kw), (sh, sw), (ph, pw), (dh, dw)))
+        if got != (h, w):
+            raise ReconDecError(at + f"--variant full: the decoder's deconvolution gives {got[0]}x{got[1]} "
+                                f"from {shape_text(above.shape)}, not the {h}x{w} of the level below (the "
+                                "convolution drops input rows or columns); pad the input to fit the stride")
+        return [l], f"{m}/Vz", True
+    pp = above.layer.param.pooling_param
+    if pp.global_pooling:
+        (kh, kw), (sh, sw) = (h, w), (1, 1)
+    else:
+        (kh, kw), (sh, sw), (ph, pw) = pool_geometry(pp)
+        if (kh, kw) != (sh, sw) or ph or pw:
+            raise ReconDecError(at + f"--variant full: the decoder copies each pooled value over its window, "
+                                f"which needs a kernel equal to the stride and no pad (here kernel {kh}x{kw}, "
+                                f"stride {sh}x{sw}, pad {ph}x{pw}), as the official code's depooling")
+    up = L.set_params(L.layer(f"{m}/up", "Deconvolution", [src], [f"{m}/up"]), [L.FROZEN])
+    cp = up.convolution_param
+    cp.num_output, cp.group, cp.bias_term = c, c, False
+    cp.kernel_h, cp.kernel_w, cp.stride_h, cp.stride_w = kh, kw, sh, sw
+    cp.weight_filler.type, cp.weight_filler.value = "constant", 1.0
+    if (above.shape[1] * sh, above.shape[2] * sw) == (h, w) or pp.global_pooling:
+        up.top[:] = [f"{m}/Vz"]
+        return [up], f"{m}/Vz", True
+    crop = L.layer(f"{m}/up/crop", "Crop", [f"{m}/up", reference], [f"{m}/Vz"])
+    crop.crop_param.axis = 2
+    return [up, crop], f"{m}/Vz", True
+
+
+def decoder(levels, lambdas, lowest, path=None):
     """The decoder from the top down to level ``lowest`` on the unlabeled
     rows, with a denoising cost at every level whose lambda is > 0."""
     out, top = [], len(levels) - 1
     for l in range(top, lowest - 1, -1):
         lv = levels[l]
         m = f"dec:{lv.name}"
+        target = "data/unlabeled" if l == 0 else f"{lv.name}/z@unlabeled"
+        per_channel = False
         if l == top:
             out.append(L.layer(f"{m}/softmax", "Softmax", [f"{NOISY}{lv.name}/logits@unlabeled"], [f"{m}/prob"]))
             pre = f"{m}/prob"
         else:
-            above = levels[l + 1]
-            out.append(L.ip_layer(f"{m}/V", f"dec:{above.name}/zhat", f"{m}/Vz", lv.width, params=(L.WEIGHT,),
-                                  std=_g(1.0 / math.sqrt(above.width)), bias=False))
-            pre = f"{m}/Vz"
+            layers, pre, per_channel = _from_above(path, lv, levels[l + 1], m, target)
+            out += layers
+        u = f"{m}/u"
         out += [_stats(f"{m}/u/stats", pre, [f"{m}/u/mean", f"{m}/u/var"]),
-                _normalize(f"{m}/u/bn", pre, f"{m}/u/mean", f"{m}/u/var", f"{m}/u")]
+                _normalize(f"{m}/u/bn", pre, f"{m}/u/mean", f"{m}/u/var", u)]
+        if len(lv.shape) == 3 and not per_channel and l > 0:   # V zhat per unit, into the level's maps
+            out.append(L.reshape(f"{m}/u/maps", u, f"{u}/maps", [0] + list(lv.shape)))
+            u = f"{u}/maps"
         if l == 0:
-            out.append(L.layer("data/unlabeled/noisy/flat", "Flatten", ["data/unlabeled/noisy"],
-                               ["data/unlabeled/noisy/flat"]))
-            corrupted, target, zhat_bn = "data/unlabeled/noisy/flat", "data/unlabeled", f"{m}/zhat"
+            corrupted, zhat_bn = "data/unlabeled/noisy", f"{m}/zhat"
+            if not per_channel:    # an InnerProduct above: the combinator per input unit
+                out.append(L.layer("data/unlabeled/noisy/flat", "Flatten", ["data/unlabeled/noisy"],
+                                   ["data/unlabeled/noisy/flat"]))
+                corrupted = "data/unlabeled/noisy/flat"
         else:
-            corrupted, target = f"{NOISY}{lv.name}/z@unlabeled", f"{lv.name}/z@unlabeled"
-            zhat_bn = f"{m}/zhat/bn"
-        out.append(L.layer(f"{m}/g", "LadderCombinator", [corrupted, f"{m}/u"], [f"{m}/zhat"]))
+            corrupted, zhat_bn = f"{NOISY}{lv.name}/z@unlabeled", f"{m}/zhat/bn"
+        g = L.layer(f"{m}/g", "LadderCombinator", [corrupted, u], [f"{m}/zhat"])
+        if per_channel:
+            g.ladder_combinator_param.num_axes = 1
+        out.append(g)
         if lambdas[l] > 0:
             if l > 0:
                 out.append(_normalize(zhat_bn, f"{m}/zhat", f"{lv.name}/mean@unlabeled",
@@ -431,7 +496,7 @@ def accuracy_heads(out_blob, classes):
 class Ladder(Method):
     name = "ladder"
     help = ("ladder networks (Rasmus et al. 2015, Algorithm 1 with the official code's choices): clean and "
-            "corrupted passes sharing weights, a denoising decoder (MLPs), the Gamma-model (MLPs and conv nets) "
+            "corrupted passes sharing weights, a denoising decoder, the Gamma-model (MLPs and conv nets) "
             "and a supervised control")
     variants = ("full", "gamma", "supervised")
     stage_defaults = STAGE_DEFAULTS
@@ -473,11 +538,6 @@ class Ladder(Method):
             raise ReconDecError("--weights: the ladder trains from its fillers (its layers have no biases and "
                                 "carry batch normalisation, so a classifier's caffemodel does not fit)")
         enc = ctx.enc
-        spatial = enc.first_spatial
-        if spatial is not None and "full" in variants:
-            raise ReconDecError(where(enc.path, spatial.source_name) + "--variant full: the full ladder is built "
-                                "for fully-connected encoders (a decoder level per InnerProduct); use --variant "
-                                "gamma (the Gamma-model) or supervised on a convolutional one")
         check_sources(spec, enc.input_shape)
         return [self._variant(ctx, mo, enc.levels, v) for v in variants]
 
@@ -543,7 +603,7 @@ class Ladder(Method):
             ce = L.layer("loss", "SoftmaxWithLoss", [f"{NOISY}{top}/logits@labeled", "label"], ["loss"])
             ce.loss_weight.append(1.0)
             lowest = min(l for l, x in enumerate(lambdas) if x > 0)
-            rest = [sl, ce] + decoder(levels, lambdas, lowest)
+            rest = [sl, ce] + decoder(levels, lambdas, lowest, ctx.enc.path)
         layers += clean + _train(noisy) + _train(rest)
         layers.append(L.phase_only(L.silence(f"{top}/logits/silence", [f"{top}/logits"]), "TRAIN"))
         if test:
@@ -578,11 +638,15 @@ def lambdas_for(mo, variant, levels, path, conv=False):
             raise ReconDecError(f"--lambdas: the Gamma-model's top lambda is {top:g}; it must be positive")
         return (0.0,) * (n - 1) + (top,)
     if mo.lambdas is None:
+        if conv:
+            raise ReconDecError(f"--lambdas: --variant full on the convolutional encoder {path} needs its "
+                                f"{n} lambdas (lambda_0 for the input, then one per level); the presets are the "
+                                "official MLP commands', and the official code publishes none for a conv ladder")
         p = PRESETS[mo.preset].lambdas
         return (p[0],) + (p[1],) + (p[2],) * (n - 2)
     if len(mo.lambdas) != n:
         raise ReconDecError(f"--lambdas: {len(mo.lambdas)} values for the {n} levels of {path} "
-                            f"(lambda_0 for the input, then one per InnerProduct layer)")
+                            f"(lambda_0 for the input, then one per layer)")
     if not any(x > 0 for x in mo.lambdas):
         raise ReconDecError("--lambdas: every lambda is 0 (the supervised control is --variant supervised)")
     return tuple(mo.lambdas)
