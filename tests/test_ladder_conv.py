@@ -78,7 +78,7 @@ def tiny(generated):
     return generated["fc"]
 
 
-def _with_inputs(src, dst, side=6):
+def _with_inputs(src, dst, side=6, channels=2):
     """The train_val net with its data layers as Input layers."""
     net = protos.read_net(str(src))
     for l in net.layer:
@@ -89,7 +89,7 @@ def _with_inputs(src, dst, side=6):
             l.name, l.type = tops[0], "Input"
             l.top.extend(tops)
             l.include.extend(include)
-            l.input_param.shape.add().dim.extend([rows, 2, side, side])
+            l.input_param.shape.add().dim.extend([rows, channels, side, side])
             l.input_param.shape.add().dim.extend([rows])
     pathlib.Path(dst).write_text(str(net))
     return str(dst)
@@ -339,6 +339,22 @@ def test_conv_small_builds(tmp_path, caffe):
         assert deploy.blobs["prob"].data.shape == (1, 10)
         assert deploy.blobs["pool3/z"].data.shape == (1, 10, 1, 1)
         assert [b.data.shape for b in deploy.params["conv4"]] == [(128, 64, 3, 3)]
+
+
+def test_conv_small_full_ladder_builds(tmp_path, caffe):
+    """The shipped Conv-Small as a full ladder: a decoder level under each
+    of its nine levels, at the encoder's shapes (28x28 input)."""
+    out = tmp_path / "out"
+    assert _generate(out, CONV_SMALL, "--variant", "full", "--labeled-source", "/x/l", "--train-source", "/x/u",
+                     "--lambdas", "1000,10,0.1,0.1,0.1,0.1,0.1,0.1,0.1,0.1", "--batch", str(N)) == 0
+    path = _with_inputs(out / "full" / "train_val.prototxt", tmp_path / "net.prototxt", 28, 1)
+    net = caffe.Net(path, caffe.TRAIN)
+    shapes = {"data": (1, 28, 28), "conv1": (32, 32, 32), "pool1": (32, 16, 16), "conv2": (64, 14, 14),
+              "conv3": (64, 16, 16), "pool2": (64, 8, 8), "conv4": (128, 6, 6), "conv5": (10, 6, 6),
+              "pool3": (10, 1, 1), "fc": (10,)}
+    for name, shape in shapes.items():
+        assert net.blobs[f"dec:{name}/zhat"].data.shape == (N,) + shape, name
+    assert sorted(n for n in net.blobs if n.startswith("dec:loss@")) == sorted(f"dec:loss@{n}" for n in shapes)
 
 
 def test_conv_small_learns_on_mnist5k(tmp_path):
