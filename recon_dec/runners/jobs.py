@@ -1,0 +1,244 @@
+"""Independent jobs (a plan's training, an LR probe, an evaluation) run in
+up to N worker processes at once, each with one BLAS thread; their results
+come back in the order the jobs were given, whatever order they finish in.
+
+N = 1 runs the jobs one after another in this process, exactly as a plain
+loop would. For N > 1 every job runs in a forked child process:
+
+- its stdout / stderr lines are prefixed with ``[job name]``, and it sees no
+  terminal (progress bars stay off);
+- OpenBLAS runs one thread in it (OPENBLAS_NUM_THREADS=1, also for the
+  ``caffe`` processes it starts): N jobs then use N cores without the BLAS
+  threads of one fighting the others';
+- it is in its own process group, so a terminal's Ctrl-C reaches only this
+  process, which passes one SIGINT to every running job (``caffe train``
+  then snapshots and stops, as ``recon-dec train`` does on Ctrl-C) and waits
+  for them; it also gets SIGINT if this process dies;
+- the first job to fail stops the others the same way; the jobs not yet
+  started never start, and the job's own one-line error is raised here.
+
+Caffe's results depend on its BLAS thread count (weight gradients are summed
+per thread): a caller that wants the same numbers for every N sets one BLAS
+thread for N = 1 too (``single_blas_thread``)."""
+import ctypes
+import os
+import pickle
+import signal
+import sys
+import traceback
+from collections import deque
+from dataclasses import dataclass, field
+
+from ..errors import ReconDecError
+
+PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class Job:
+    """``fn(*args, **kwargs)`` under the name ``name`` (log prefix, errors).
+    ``fn``, its arguments and its result must pickle for N > 1, except that
+    ``fn`` and its arguments are inherited by fork, not sent."""
+    name: str
+    fn: object
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+
+
+def usable_cores():
+    """Cores this process may run on (its CPU affinity, not the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def single_blas_thread():
+    """One OpenBLAS thread from now on in this process and the processes it
+    starts: the environment variable for those not started yet, and
+    openblas_set_num_threads for a libopenblas already loaded here (pycaffe)."""
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    for name in ("libopenblas.so.0", "libopenblas.so"):
+        try:  # RTLD_NOLOAD: only a library that is loaded already, never load one
+            lib = ctypes.CDLL(name, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+        except OSError:
+            continue
+        setter = getattr(lib, "openblas_set_num_threads", None)
+        if setter is not None:
+            setter(1)
+        return
+
+
+def run(jobs, n=None):
+    """Runs ``jobs`` (a list of Job), at most ``n`` at once (default: the
+    usable cores); returns their results in the same order."""
+    jobs = list(jobs)
+    n = usable_cores() if n is None else int(n)
+    if n < 1:
+        raise ValueError(f"jobs: n must be >= 1, got {n}")
+    if n == 1:
+        return [j.fn(*j.args, **j.kwargs) for j in jobs]
+    return _Pool(jobs, n).run()
+
+
+# --------------------------------------------------------------------------
+class _Prefixed:
+    """A text stream that starts every line written to ``stream`` with
+    ``prefix``, and says it is no terminal (no progress bars)."""
+
+    def __init__(self, stream, prefix):
+        self.stream, self.prefix, self.at_start = stream, prefix, True
+
+    def write(self, text):
+        out = []
+        for part in text.splitlines(keepends=True):
+            if self.at_start:
+                out.append(self.prefix)
+            out.append(part)
+            self.at_start = part.endswith("\n")
+        self.stream.write("".join(out))
+        return len(text)
+
+    def flush(self):
+        self.stream.flush()
+
+    def isatty(self):
+        return False
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+def _child(job, conn):
+    """Body of a worker process: run the job, send ("ok", result),
+    ("interrupted", message) or ("error", exception) and exit."""
+    os.setpgrp()  # the terminal's Ctrl-C goes to the parent, which forwards it once
+    try:  # SIGINT (stop cleanly) when the parent dies
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGINT))
+    except Exception:
+        pass
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    prefix = f"[{job.name}] "
+    sys.stdout = _Prefixed(sys.stdout, prefix)
+    sys.stderr = _Prefixed(sys.stderr, prefix)
+    single_blas_thread()
+    try:
+        msg = ("ok", job.fn(*job.args, **job.kwargs))
+    except KeyboardInterrupt as e:
+        msg = ("interrupted", str(e))
+    except BaseException as e:  # noqa: B902 -- everything goes back to the parent
+        e.add_note("".join(traceback.format_exception(e)))  # shown with RECON_DEC_DEBUG=1
+        msg = ("error", e)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a late second stop must not break the reply
+    try:
+        if msg[0] == "error":  # some exceptions pickle but do not unpickle (other __init__)
+            pickle.loads(pickle.dumps(msg))
+        conn.send(msg)
+    except Exception as e:  # a result or an exception that does not pickle
+        what = "result" if msg[0] == "ok" else f"error ({type(msg[1]).__name__}: {msg[1]})"
+        conn.send(("error", RuntimeError(f"{job.name}: the job's {what} could not be sent back: "
+                                         f"{type(e).__name__}: {e}")))
+    finally:
+        conn.close()
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+
+class _Pool:
+    def __init__(self, jobs, n):
+        import multiprocessing
+        self.ctx = multiprocessing.get_context("fork")
+        self.jobs, self.n = jobs, n
+        self.results = [None] * len(jobs)
+        self.running = {}  # index -> (process, connection)
+        self.failure = None  # (index, exception) of the first job that failed
+        self.interrupted = None  # message of an interruption
+
+    def run(self):
+        from multiprocessing.connection import wait
+        todo = deque(range(len(self.jobs)))
+        try:
+            while todo or self.running:
+                while todo and len(self.running) < self.n and not self._stopping():
+                    self._start(todo.popleft())
+                if self._stopping():
+                    todo.clear()
+                if not self.running:
+                    break
+                ready = wait([c for _, c in self.running.values()] +
+                             [p.sentinel for p, _ in self.running.values()])
+                for i, (p, c) in list(self.running.items()):
+                    if c in ready or p.sentinel in ready:
+                        self._finish(i, p, c)
+        except KeyboardInterrupt:
+            self.interrupted = self.interrupted or "interrupted"
+            self._stop_all()
+            self._drain()
+        if self.failure:
+            raise self.failure[1]
+        if self.interrupted is not None:
+            raise KeyboardInterrupt(self.interrupted)
+        return self.results
+
+    def _stopping(self):
+        return self.failure is not None or self.interrupted is not None
+
+    def _start(self, i):
+        reader, writer = self.ctx.Pipe(duplex=False)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        p = self.ctx.Process(target=_child, args=(self.jobs[i], writer), name=self.jobs[i].name, daemon=False)
+        p.start()
+        writer.close()  # the child holds the only writer: EOF when it exits
+        self.running[i] = (p, reader)
+
+    def _finish(self, i, p, c):
+        """Collects job ``i``'s reply (or its death) and records it."""
+        try:
+            kind, value = c.recv()
+        except (EOFError, OSError):
+            p.join()
+            code = p.exitcode
+            how = (f"killed by {signal.Signals(-code).name}" if code and code < 0 else f"exit status {code}")
+            kind, value = "error", ReconDecError(f"{self.jobs[i].name}: the worker process died ({how})")
+        c.close()
+        p.join()
+        del self.running[i]
+        if kind == "ok":
+            self.results[i] = value
+            return
+        if kind == "interrupted":
+            if value:  # where the job stopped (e.g. "stage 4 stopped at iteration 120; rerun to resume")
+                print(f"[{self.jobs[i].name}] {value}", file=sys.stderr, flush=True)
+            if not self._stopping():  # stopped from outside, not by us
+                self.interrupted = f"{self.jobs[i].name}: {value or 'interrupted'}"
+                self._stop_all()
+            return
+        if self.failure is None:
+            if self.interrupted is None:
+                self.failure = (i, value)
+                self._stop_all()
+
+    def _stop_all(self):
+        """Asks every running job to stop (SIGINT: caffe snapshots, pycaffe
+        raises KeyboardInterrupt); their replies are still collected."""
+        for p, _ in self.running.values():
+            try:
+                os.kill(p.pid, signal.SIGINT)
+            except ProcessLookupError:
+                pass
+
+    def _drain(self):
+        """Waits for every running job after a stop, ignoring further Ctrl-C."""
+        from multiprocessing.connection import wait
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            while self.running:
+                ready = wait([c for _, c in self.running.values()] +
+                             [p.sentinel for p, _ in self.running.values()])
+                for i, (p, c) in list(self.running.items()):
+                    if c in ready or p.sentinel in ready:
+                        self._finish(i, p, c)
+        finally:
+            signal.signal(signal.SIGINT, old)
