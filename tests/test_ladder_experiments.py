@@ -30,11 +30,13 @@ def test_semi_ladder_trains_tabulates_and_continues(tmp_path, capsys):
         [("full", 100, 0, 30), ("supervised", 100, 0, 30)]
     for r in rows:
         # 30 iterations on 100 labels: far better than chance (90%), far from done
-        assert 5.0 < r["test_error"] < 60.0, r
+        assert 5.0 < r["test_error"] < 60.0 and 5.0 < r["test_error_recomputed"] < 60.0, r
         plan = json.loads((out / r["plan"]).read_text())
         assert [s["max_iter"] for s in plan["stages"]] == [20, 10]
+        assert (out / r["plan"]).with_name("final_statistics.caffemodel").stat().st_size > 1e6
     table = (out / "results.md").read_text()
     assert "| full | " in table and "| supervised | " in table
+    assert "running statistics" in table and "statistics recomputed over the training set" in table
     # every denoising cost of the full ladder is in its curves, on one iteration axis over both stages
     c = ladder.curves(str(out / rows[0]["plan"]))
     assert {"dec:loss@data", "dec:loss@fc1", "dec:loss@fc6", "loss"} <= set(c)
@@ -45,6 +47,15 @@ def test_semi_ladder_trains_tabulates_and_continues(tmp_path, capsys):
     assert cli.main(args) == 0
     assert "labels, full: test error" not in capsys.readouterr().out
     assert (out / "results.json").stat().st_mtime_ns == mtime
+    # rows of an earlier version, without the recomputed error: filled in from the kept weights, not trained
+    first = [r.pop("test_error_recomputed") for r in rows]
+    (out / "results.json").write_text(json.dumps(rows))
+    assert cli.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "full: test error with recomputed statistics" in printed and "(running:" in printed
+    assert "labels, full: test error " not in printed.replace("test error with recomputed", "")
+    again = json.loads((out / "results.json").read_text())
+    assert [r["test_error_recomputed"] for r in again] == first   # the same weights: the same statistics
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -229,11 +229,19 @@ def plot_errors(rows, path, title=""):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     variants = list(dict.fromkeys(r["variant"] for r in rows))
-    errs = [[r["test_error"] for r in rows if r["variant"] == v] for v in variants]
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.bar(variants, [np.mean(e) for e in errs], yerr=[np.std(e) for e in errs], color="#4c72b0", capsize=4)
-    for i, e in enumerate(errs):
-        ax.text(i, np.mean(e), f"{np.mean(e):.2f}%", ha="center", va="bottom", fontsize=9)
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    x = np.arange(len(variants))
+    for k, ((key, what), color) in enumerate(zip(ERRORS.items(), ("#4c72b0", "#dd8452"))):
+        errs = [[r[key] for r in rows if r["variant"] == v and key in r] for v in variants]
+        if not all(errs):
+            continue
+        at = x + (k - 0.5) * 0.38
+        ax.bar(at, [np.mean(e) for e in errs], 0.38, yerr=[np.std(e) for e in errs], color=color, capsize=3,
+               label=what)
+        for i, e in zip(at, errs):
+            ax.text(i, np.mean(e), f"{np.mean(e):.2f}", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(x, variants)
+    ax.legend(fontsize=7)
     ax.set_ylabel("test error (%)")
     ax.set_title(title)
     fig.tight_layout()
