@@ -40,7 +40,7 @@ from ..data import store as data
 from ..graph.builder import IMAGE_TARGET
 from ..graph.data_layers import DataSpec
 from ..methods import swwae
-from ..runners import evaluate, generate, plan as plans, train
+from ..runners import evaluate, generate, jobs as pool, plan as plans, train
 from . import figures, report
 
 DEMO_NET = pathlib.Path(__file__).resolve().parent.parent / "models" / "small_vgg" / "deploy.prototxt"
@@ -183,13 +183,22 @@ def _drop(losses, q):
     return float(v[0] - np.mean(v[-q:]))
 
 
-def choose_step2_rates(plan_path, weights, budget, macro_of_head):
+def probe_jobs(solver, weights, budget, name, plan_dir=None):
+    """One job per candidate rate: its loss_drops run (independent runs,
+    each from the same weights and the same first batch). ``plan_dir``:
+    where the solver's paths start (default: the solver's directory)."""
+    plan_dir = plan_dir or os.path.dirname(solver)
+    return [pool.Job(f"{name} lr {lr:g}", loss_drops, (solver, weights, lr, budget.lr_probe, plan_dir))
+            for lr in LR_CANDIDATES]
+
+
+def choose_step2_rates(plan_path, weights, budget, macro_of_head, jobs=1):
     """Per macro-layer: the candidate LR with the largest loss drop. The
     step-2 solver is generated with every decoder lr_mult at 1 (rate =
     base_lr), so one probe run per candidate measures every macro-layer."""
     plan_dir = os.path.dirname(plan_path)
     solver = os.path.join(plan_dir, "step2", "solver.prototxt")
-    drops = {lr: loss_drops(solver, weights, lr, budget.lr_probe, plan_dir) for lr in LR_CANDIDATES}
+    drops = dict(zip(LR_CANDIDATES, pool.run(probe_jobs(solver, weights, budget, "lr-probe", plan_dir), jobs)))
     rates = {}
     for head, k in macro_of_head.items():
         best = max(LR_CANDIDATES, key=lambda lr: drops[lr].get(head, -math.inf))
@@ -197,7 +206,7 @@ def choose_step2_rates(plan_path, weights, budget, macro_of_head):
     return rates, {f"{lr:g}": {h: float(d) for h, d in v.items()} for lr, v in drops.items()}
 
 
-def train_inversion_nets(out, dbs, mean, budget, info):
+def train_inversion_nets(out, dbs, mean, budget, info, jobs=1):
     """The inversion nets from macro-layers 1..n (fixed and known switches)
     of seed 0: decoders initialised from the step-2 layerwise decoders (same
     layer names), encoder from the pretrained classifier, each net's rate
@@ -208,33 +217,41 @@ def train_inversion_nets(out, dbs, mean, budget, info):
     opts = options(dbs, mean, budget, 0, weights=info["pretrained"])
     kept = [f"{v}/layer{k}" for v in step2 for k in range(1, info["n_macros"] + 1)]
     rates = {}
-    for stage in ("probe", "nets"):
-        mo = method_options(recon=True, recon_init=step2, recon_lr=rates)
-        g = generate.generate(DEMO_NET, [], os.path.join(out, "inversion", stage), opts, method_options=mo)
-        for d in kept:
-            plan_path = g["plans"][f"recon/{d}"]
-            if stage == "probe":
-                plan = plans.load(plan_path)
-                rates[d] = probe_rate(plans.path(plan, plan["stages"][0]["solver"]),
-                                      [w for w, _ in plans.resolve_weights(plan, plan["stages"][0])], budget)
+    mo = method_options(recon=True, recon_init=step2, recon_lr=rates)
+    g = generate.generate(DEMO_NET, [], os.path.join(out, "inversion", "probe"), opts, method_options=mo)
+    probes = []  # every candidate of every net: one flat list of independent jobs
+    for d in kept:
+        plan = plans.load(g["plans"][f"recon/{d}"])
+        probes += probe_jobs(plans.path(plan, plan["stages"][0]["solver"]),
+                             [w for w, _ in plans.resolve_weights(plan, plan["stages"][0])], budget, d)
+    drops = pool.run(probes, jobs)
+    for i, d in enumerate(kept):
+        rates[d] = best_rate(drops[i * len(LR_CANDIDATES):(i + 1) * len(LR_CANDIDATES)])
+    mo = method_options(recon=True, recon_init=step2, recon_lr=rates)
+    # the same nets as the probe tree's (only the solvers' base_lr differ), which Caffe has built already
+    g = generate.generate(DEMO_NET, [], os.path.join(out, "inversion", "nets"), opts, method_options=mo, check=False)
+    # deepest macro-layer first: the longest runs start first, the short ones fill in
+    order = sorted(kept, key=lambda d: -int(d.split("/layer")[1]))
+    finals = pool.run([pool.Job(d, train.run_all, (g["plans"][f"recon/{d}"],), {"progress": False})
+                       for d in order], jobs)
     nets = {}
     for d in kept:
         variant, k = d.split("/layer")
         mode = swwae.FIXED if variant == "sae-first" else swwae.KNOWN
-        weights = train.run_all(g["plans"][f"recon/{d}"], progress=False)[-1]
+        weights = finals[order.index(d)][-1]
         nets.setdefault(mode, {})[int(k)] = (os.path.join(g["out_dir"], "recon", d, "deploy.prototxt"), weights)
     return nets
 
 
-def probe_rate(solver, weights, budget):
-    """The candidate rate with the largest drop of the image loss."""
-    plan_dir = os.path.dirname(solver)
-    drops = {lr: loss_drops(solver, weights, lr, budget.lr_probe, plan_dir) for lr in LR_CANDIDATES}
-    return max(LR_CANDIDATES, key=lambda lr: drops[lr].get(swwae.loss_name(IMAGE_TARGET), -math.inf))
+def best_rate(drops):
+    """The candidate rate whose probe (``drops``, in LR_CANDIDATES' order)
+    had the largest drop of the image loss."""
+    by_lr = dict(zip(LR_CANDIDATES, drops))
+    return max(LR_CANDIDATES, key=lambda lr: by_lr[lr].get(swwae.loss_name(IMAGE_TARGET), -math.inf))
 
 
 # ---------------------------------------------------------------------------
-def run_seed(out, dbs, mean, budget, seed):
+def run_seed(out, dbs, mean, budget, seed, jobs=1):
     sdir = os.path.join(out, f"seed{seed}")
     t0 = time.time()
     pretrained = pretrain(sdir, dbs, mean, budget, seed)
@@ -249,7 +266,7 @@ def run_seed(out, dbs, mean, budget, seed):
     for m in g["encoder"].macros:
         target = IMAGE_TARGET if m.index == 1 else g["encoder"].macros[m.index - 2].last_conv.name
         macro_of_head[swwae.loss_name(target)] = m.index
-    rates, drops = choose_step2_rates(g["plans"]["swwae-layerwise"], pretrained, budget, macro_of_head)
+    rates, drops = choose_step2_rates(g["plans"]["swwae-layerwise"], pretrained, budget, macro_of_head, jobs)
     log(f"seed {seed}: step-2 learning rates by largest loss drop: "
         + ", ".join(f"macro-layer {k}: {r:g}" for k, r in sorted(rates.items())))
 
@@ -260,43 +277,70 @@ def run_seed(out, dbs, mean, budget, seed):
     # x image loss weight equals the step-2 rate (see swwae.PROVENANCE)
     opts.stage["base_lr"]["3"] = swwae.STEP3_LR_REFERENCE / mo.loss_weights[0]
     g = generate.generate(DEMO_NET, ["all"], os.path.join(sdir, "nets"), opts, method_options=mo)
-    results, finals = [], {}
-    for v in VARIANTS:
-        t = time.time()
-        train.run_all(g["plans"][v], progress=False)
-        finals[v] = _stage_output(g["plans"][v])
-        log(f"seed {seed}: {v} trained ({time.time() - t:.0f} s)")
     # Every model is evaluated as a classifier: the baseline's deploy net
     # (no decoder) with the model's weights, copied by layer name.
     classifier = os.path.join(sdir, "nets", "baseline", "deploy.prototxt")
-    models = [("baseline", pretrained)]
-    models += [(v if v != "baseline" else "baseline-finetuned", finals[v]) for v in VARIANTS]
-    for model, weights in models:
-        deploy = classifier
-        common = dict(mean=[mean], progress=False, model=model, seed=seed)
-        for scheme, kw in (("single-crop", dict(shorter_edge=mnist.PADDED_SIDE, crop=CROP)),
-                           ("dense", dict(shorter_edge=mnist.PADDED_SIDE, crop=CROP, mirror=False))):
-            r = evaluate.evaluate(deploy, weights, dbs["val"], scheme=scheme, split="val", **kw, **common)
-            results.append(r)
-        results.append(evaluate.evaluate(deploy, weights, dbs["train"], scheme="single-crop",
-                                         shorter_edge=mnist.PADDED_SIDE, crop=CROP, train_subset=budget.train_subset,
-                                         split="train", **common))
+    models = [("baseline", None, pretrained)]
+    models += [(v if v != "baseline" else "baseline-finetuned", g["plans"][v], None) for v in VARIANTS]
+    # one job per model (train it, then evaluate it); the most stages first,
+    # so that the short jobs fill the cores at the end (the order of the
+    # results does not depend on it)
+    order = sorted(range(len(models)), key=lambda i: -_n_stages(models[i][1]))
+    done = pool.run([pool.Job(models[i][0], train_and_evaluate, models[i] + (classifier, dbs, mean, budget, seed))
+                     for i in order], jobs)
+    by_model = {models[i][0]: r for i, r in zip(order, done)}
+    results, finals = [], {}
+    for (model, _, _), v in zip(models, [None] + VARIANTS):
+        weights, evals = by_model[model]
+        results += evals
+        if v:
+            finals[v] = weights
     log(f"seed {seed}: done in {time.time() - t0:.0f} s")
     return results, {"rates": {str(k): r for k, r in rates.items()}, "lr_drops": drops,
                      "pretrained": pretrained, "finals": finals, "nets": g["out_dir"],
                      "plans": g["plans"], "n_macros": len(g["encoder"].macros)}
 
 
-def run_demo(out, seeds=1, quick=False):
+def _n_stages(plan_path):
+    return len(plans.load(plan_path)["stages"]) if plan_path else 0
+
+
+def train_and_evaluate(model, plan_path, weights, classifier, dbs, mean, budget, seed):
+    """Trains ``plan_path`` (if given; its last stage's output is the
+    model's weights), then evaluates the weights with the ``classifier``
+    deploy net: single-crop and dense on val, single-crop on
+    ``budget.train_subset`` training images. Returns (weights, [results])."""
+    if plan_path:
+        t = time.time()
+        train.run_all(plan_path, progress=False)
+        weights = _stage_output(plan_path)
+        log(f"seed {seed}: {model} trained ({time.time() - t:.0f} s)")
+    common = dict(mean=[mean], progress=False, model=model, seed=seed)
+    results = []
+    for scheme, kw in (("single-crop", dict(shorter_edge=mnist.PADDED_SIDE, crop=CROP)),
+                       ("dense", dict(shorter_edge=mnist.PADDED_SIDE, crop=CROP, mirror=False))):
+        results.append(evaluate.evaluate(classifier, weights, dbs["val"], scheme=scheme, split="val", **kw, **common))
+    results.append(evaluate.evaluate(classifier, weights, dbs["train"], scheme="single-crop",
+                                     shorter_edge=mnist.PADDED_SIDE, crop=CROP, train_subset=budget.train_subset,
+                                     split="train", **common))
+    return weights, results
+
+
+def run_demo(out, seeds=1, quick=False, jobs=None):
     budget = QUICK if quick else DEFAULT
+    jobs = pool.usable_cores() if jobs is None else jobs
+    # One BLAS thread for every Caffe run, whatever ``jobs``: Caffe's weight
+    # gradients depend on the thread count, and so would the table.
+    pool.single_blas_thread()
+    import caffe  # noqa: F401 -- once, here: the forked jobs inherit it instead of each importing it (~1 s)
     out = os.path.abspath(out)
     os.makedirs(out, exist_ok=True)
     t0 = time.time()
-    log(f"{'quick' if quick else 'default'} run, {seeds} seed(s), output in {out}")
+    log(f"{'quick' if quick else 'default'} run, {seeds} seed(s), {jobs} job(s) at once, output in {out}")
     dbs, mean, val_images, val_labels = build_data(out)
     all_results, per_seed = [], {}
     for seed in range(seeds):
-        results, info = run_seed(out, dbs, mean, budget, seed)
+        results, info = run_seed(out, dbs, mean, budget, seed, jobs)
         all_results += results
         per_seed[seed] = info
     for r in all_results:
@@ -307,13 +351,14 @@ def run_demo(out, seeds=1, quick=False):
 
     info = per_seed[0]
     log("training the inversion nets of the reconstruction figure (fixed and known switches)")
-    nets = train_inversion_nets(out, dbs, mean, budget, info)
+    nets = train_inversion_nets(out, dbs, mean, budget, info, jobs)
     # one digit of each class first (shown), then more for the error figures
     first = [int(np.flatnonzero(val_labels == d)[0]) for d in range(10)]
     rest = [i for i in range(0, len(val_labels), 5) if i not in first][:190]
-    recon = figures.reconstruction_figure(nets, val_images[first + rest], mean,
-                                          os.path.join(out, "reconstructions.png"))
-    curves = figures.curves(out, os.path.join(out, "curves"))
+    recon, curves = pool.run([
+        pool.Job("reconstructions", figures.reconstruction_figure,
+                 (nets, val_images[first + rest], mean, os.path.join(out, "reconstructions.png"))),
+        pool.Job("curves", figures.curves, (out, os.path.join(out, "curves")))], jobs)
     summary = {"budget": asdict(budget), "seeds": seeds, "quick": quick, "mean_pixel": mean,
                "loss_weight_scale": LOSS_WEIGHT_SCALE, "seconds": round(time.time() - t0, 1),
                "reconstruction_mse": recon, "curves": curves,
@@ -345,6 +390,10 @@ def register(subparsers):
     p.add_argument("--out", help="output directory (default: out/demo, ladder: out/demo-ladder)")
     p.add_argument("--seeds", type=values.arg_int(1, 1000), default=1,
                    help="repeat the protocol with seeds 0..K-1; the table gives mean ± std (default 1)")
+    p.add_argument("--jobs", type=values.arg_int(1, 1024), default=None, metavar="N",
+                   help="paper experiment: run up to N independent trainings, LR probes and evaluations at once, "
+                        "each in its own process with one BLAS thread (default: the usable cores; 1: one after "
+                        "another); the results do not depend on N")
     p.add_argument("--quick", action="store_true",
                    help="a few iterations per stage, one seed: a smoke test (< 3 minutes; ladder < 1)")
     p.set_defaults(func=_cmd)
@@ -357,4 +406,4 @@ def _cmd(args):
         ladder.run_demo(out, seeds=1 if args.quick else args.seeds, quick=args.quick)
         return
     values.check_out_dir(args.out or "out/demo")
-    run_demo(args.out or "out/demo", seeds=1 if args.quick else args.seeds, quick=args.quick)
+    run_demo(args.out or "out/demo", seeds=1 if args.quick else args.seeds, quick=args.quick, jobs=args.jobs)
