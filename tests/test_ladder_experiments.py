@@ -56,12 +56,19 @@ def test_semi_ladder_trains_tabulates_and_continues(tmp_path, capsys):
     assert "labels, full: test error " not in printed.replace("test error with recomputed", "")
     again = json.loads((out / "results.json").read_text())
     assert [r["test_error_recomputed"] for r in again] == first   # the same weights: the same statistics
+    # the variants one after another (--jobs 1) instead of at once (default: the usable cores): the same numbers
+    one = tmp_path / "one"
+    assert cli.main(args[:-1] + [str(one), "--jobs", "1"]) == 0
+    seq = json.loads((one / "results.json").read_text())
+    key = lambda rows: [(r["variant"], r["test_error"], r["test_error_recomputed"]) for r in rows]
+    assert key(seq) == key(again)
 
 
 @pytest.mark.parametrize("flags, message", [
     (["--iters", "31"], "multiple of 3"),
     (["--variants", "plain"], "not a variant of --method ladder"),
     (["--labels", "5000"], "5000"),
+    (["--method", "inversion", "--jobs", "2"], "--jobs: --method inversion runs one training at a time"),
 ])
 def test_semi_ladder_bad_input(tmp_path, capsys, flags, message):
     out = tmp_path / "semi"

@@ -391,9 +391,9 @@ def register(subparsers):
     p.add_argument("--seeds", type=values.arg_int(1, 1000), default=1,
                    help="repeat the protocol with seeds 0..K-1; the table gives mean ± std (default 1)")
     p.add_argument("--jobs", type=values.arg_int(1, 1024), default=None, metavar="N",
-                   help="paper experiment: run up to N independent trainings, LR probes and evaluations at once, "
-                        "each in its own process with one BLAS thread (default: the usable cores; 1: one after "
-                        "another); the results do not depend on N")
+                   help="run up to N independent trainings, LR probes and evaluations (ladder: the variants) at "
+                        "once, each in its own process with one BLAS thread (default: the usable cores; 1: one "
+                        "after another); the results do not depend on N")
     p.add_argument("--quick", action="store_true",
                    help="a few iterations per stage, one seed: a smoke test (< 3 minutes; ladder < 1)")
     p.set_defaults(func=_cmd)
@@ -403,7 +403,7 @@ def _cmd(args):
     if args.experiment == "ladder":
         from . import ladder
         out = values.check_out_dir(args.out or "out/demo-ladder")
-        ladder.run_demo(out, seeds=1 if args.quick else args.seeds, quick=args.quick)
+        ladder.run_demo(out, seeds=1 if args.quick else args.seeds, quick=args.quick, jobs=args.jobs)
         return
     values.check_out_dir(args.out or "out/demo")
     run_demo(args.out or "out/demo", seeds=1 if args.quick else args.seeds, quick=args.quick, jobs=args.jobs)

@@ -22,7 +22,7 @@ from ..caffe_io import logs, protos
 from ..data import datasets
 from ..errors import ReconDecError
 from ..methods import ladder
-from ..runners import evaluate, generate, plan as plans, train
+from ..runners import evaluate, generate, jobs as pool, plan as plans, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MLP = os.path.join(ROOT, "models", "ladder", "mlp.prototxt")
@@ -124,11 +124,23 @@ def curves(plan_path):
     return out
 
 
-def run(dataset, labels, seeds, variants, iters, out, net=MLP, results=None):
-    """Trains every (seed, label count, variant); appends each finished
-    run to ``results`` (a JSON file, rewritten atomically) so that a long
-    grid can be read, and continued, while it runs: a run already in it is
-    not trained again."""
+def _train_and_test(plan_path, split, variant):
+    """One run: -> (test error with the running statistics, with the
+    recomputed ones, seconds)."""
+    t0 = time.time()
+    train.run_all(plan_path, progress=False)
+    return test_error(plan_path), recomputed_test_error(plan_path, split, variant), time.time() - t0
+
+
+def run(dataset, labels, seeds, variants, iters, out, net=MLP, results=None, jobs=None):
+    """Trains every (seed, label count, variant), the variants of one
+    (seed, label count) up to ``jobs`` at once (default: the usable
+    cores), each Caffe at one BLAS thread whatever ``jobs`` (so the numbers
+    do not depend on it); appends the finished runs to ``results`` (a JSON
+    file, rewritten atomically) so that a long grid can be read, and
+    continued, while it runs: a run already in it is not trained again."""
+    jobs = pool.usable_cores() if jobs is None else jobs
+    pool.single_blas_thread()
     out = os.path.abspath(out)
     results = results or os.path.join(out, "results.json")
     rows = json.load(open(results)) if os.path.exists(results) else []
@@ -163,17 +175,14 @@ def run(dataset, labels, seeds, variants, iters, out, net=MLP, results=None):
                                             f"remove {d} or give its --iters")
             else:
                 plan_paths = generate_runs(d, split, n, todo, iters, seed, net)
-            for v in todo:
-                t0 = time.time()
-                train.run_all(plan_paths[v], progress=False)
-                err = test_error(plan_paths[v])
-                err_recomputed = recomputed_test_error(plan_paths[v], split, v)
+            done_runs = pool.run([pool.Job(v, _train_and_test, (plan_paths[v], split, v)) for v in todo], jobs)
+            for v, (err, err_recomputed, secs) in zip(todo, done_runs):
                 rows.append({"dataset": dataset, "seed": seed, "labels": n, "variant": v, "iters": iters,
                              "test_error": round(err, 2), "test_error_recomputed": round(err_recomputed, 2),
-                             "seconds": round(time.time() - t0, 1), "plan": os.path.relpath(plan_paths[v], out)})
-                atomic.write_text(results, json.dumps(rows, indent=1) + "\n")
+                             "seconds": round(secs, 1), "plan": os.path.relpath(plan_paths[v], out)})
                 log(f"{dataset} seed {seed}, {n} labels, {v}: test error {err:.2f}% with the running statistics, "
-                    f"{err_recomputed:.2f}% recomputed ({time.time() - t0:.0f} s)")
+                    f"{err_recomputed:.2f}% recomputed ({secs:.0f} s)")
+            atomic.write_text(results, json.dumps(rows, indent=1) + "\n")
     return rows
 
 
@@ -260,13 +269,13 @@ def _save(fig, path):
 DEMO_ITERS, QUICK_ITERS = 1500, 90
 
 
-def run_demo(out, seeds=1, quick=False):
+def run_demo(out, seeds=1, quick=False, jobs=None):
     t0 = time.time()
     iters = QUICK_ITERS if quick else DEMO_ITERS
     out = os.path.abspath(out)
     log(f"{'quick' if quick else 'default'} run: MNIST-5k, 100 labels, {iters} iterations of 100 + 100 images, "
         f"seeds 0..{seeds - 1}, output in {out}")
-    rows = run("mnist5k", [100], list(range(seeds)), VARIANTS, iters, out)
+    rows = run("mnist5k", [100], list(range(seeds)), VARIANTS, iters, out, jobs=jobs)
     first = {v: os.path.join(out, "runs", "seed0", "labels100", v, "plan.json") for v in VARIANTS}
     plot_curves(first, os.path.join(out, "curves.png"), "MNIST-5k, 100 labels, seed 0: ")
     plot_errors(rows, os.path.join(out, "errors.png"), f"MNIST-5k, 100 labels, {iters} iterations")

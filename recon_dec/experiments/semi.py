@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from .. import atomic
+from .. import atomic, values
 from ..caffe_io import logs
 from ..data import datasets
 from ..errors import ReconDecError
@@ -202,6 +202,9 @@ def register(subparsers):
                         "(generate --layer-losses, default weights)")
     p.add_argument("--net", help="the classifier (default models/mnist_autoencoder; inversion: "
                                  "models/inversion/smallcnn_max)")
+    p.add_argument("--jobs", type=values.arg_int(1, 1024), metavar="N",
+                   help="ladder: train up to N variants at once, each in its own process with one BLAS thread "
+                        "(default: the usable cores); the results do not depend on N")
     p.add_argument("--out", default="out/semi", help="output directory (default out/semi)")
     p.set_defaults(func=_cmd)
 
@@ -222,6 +225,9 @@ def _cmd(a):
     a.iters = a.iters if a.iters is not None else (3000 if a.method == "ladder" else 1000)
     if min(a.pretrain_iters, a.finetune_iters, a.iters) < 1:
         raise ReconDecError("--pretrain-iters, --finetune-iters and --iters must be positive")
+    if a.jobs is not None and a.method != "ladder":
+        raise ReconDecError(f"--jobs: --method {a.method} runs one training at a time (only the ladder's "
+                            "variants run at once)")
     own = {"ladder": ladder.VARIANTS, "autoencoder": VARIANTS}.get(a.method, ())
     wrong = [v for v in a.variants or () if v not in own]
     if wrong:
@@ -231,7 +237,7 @@ def _cmd(a):
     if a.method == "ladder":
         labels = a.labels or [100]
         rows = ladder.run(a.dataset, labels, a.seeds, a.variants or list(ladder.VARIANTS), a.iters, a.out,
-                          os.path.abspath(a.net) if a.net else ladder.MLP)
+                          os.path.abspath(a.net) if a.net else ladder.MLP, jobs=a.jobs)
         md = (f"{a.dataset}: ladder networks, test error (%) of the clean pass, mean ± std over seeds {a.seeds}; "
               f"{a.iters} iterations of 100 labeled + 100 unlabeled images (decay over the last third); "
               f"{time.time() - t0:.0f} s in this call.\n\n" + ladder.tables(rows))
