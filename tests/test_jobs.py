@@ -152,3 +152,14 @@ def test_one_or_two_jobs_at_once_give_the_same_weights(tmp_path, train_db, monke
     blobs = [[open(f, "rb").read() for f in outs[n]] for n in (1, 2)]
     assert blobs[0] == blobs[1]
     assert blobs[0][0] != blobs[0][1]  # two different nets
+
+
+def test_pool_waits_for_some_jobs_while_others_run(tmp_path):
+    with jobs.Pool(2) as p:
+        slow = p.submit(jobs.Job("slow", _meet, (str(tmp_path), "slow", ["quick", "quick-done"])))
+        quick = p.submit(jobs.Job("quick", _meet, (str(tmp_path), "quick", ["slow"])))
+        assert p.wait([quick])[0][0] == "quick"  # while "slow" still waits for the next mark
+        open(tmp_path / "quick-done", "w").close()
+        later = p.submit(jobs.Job("later", _sleep_then, ("later", 0)))
+        got = p.wait([later, slow])
+        assert got[0] == "later" and got[1][0] == "slow"

@@ -192,13 +192,14 @@ def probe_jobs(solver, weights, budget, name, plan_dir=None):
             for lr in LR_CANDIDATES]
 
 
-def choose_step2_rates(plan_path, weights, budget, macro_of_head, jobs=1):
+def choose_step2_rates(plan_path, weights, budget, macro_of_head, p):
     """Per macro-layer: the candidate LR with the largest loss drop. The
     step-2 solver is generated with every decoder lr_mult at 1 (rate =
     base_lr), so one probe run per candidate measures every macro-layer."""
     plan_dir = os.path.dirname(plan_path)
     solver = os.path.join(plan_dir, "step2", "solver.prototxt")
-    drops = dict(zip(LR_CANDIDATES, pool.run(probe_jobs(solver, weights, budget, "lr-probe", plan_dir), jobs)))
+    todo = probe_jobs(solver, weights, budget, "lr-probe", plan_dir)
+    drops = dict(zip(LR_CANDIDATES, p.wait([p.submit(j) for j in todo])))
     rates = {}
     for head, k in macro_of_head.items():
         best = max(LR_CANDIDATES, key=lambda lr: drops[lr].get(head, -math.inf))
@@ -206,12 +207,16 @@ def choose_step2_rates(plan_path, weights, budget, macro_of_head, jobs=1):
     return rates, {f"{lr:g}": {h: float(d) for h, d in v.items()} for lr, v in drops.items()}
 
 
-def train_inversion_nets(out, dbs, mean, budget, info, jobs=1):
+def train_inversion_nets(out, dbs, mean, budget, info, p):
     """The inversion nets from macro-layers 1..n (fixed and known switches)
     of seed 0: decoders initialised from the step-2 layerwise decoders (same
     layer names), encoder from the pretrained classifier, each net's rate
     chosen by the authors' rule. Generated twice: once to probe the rates,
-    then with them. Returns {mode: {k: (deploy, weights)}}."""
+    then with them. Waits for the layerwise variants' jobs (``info["jobs"]``)
+    and the probes, submits the trainings to the pool ``p`` and returns a
+    function that waits for them and returns {mode: {k: (deploy, weights)}}."""
+    p.wait([info["jobs"][v] for v in ("sae-layerwise", "swwae-layerwise")])
+    log("training the inversion nets of the reconstruction figure (fixed and known switches)")
     step2 = {"sae-first": _stage_output(info["plans"]["sae-layerwise"], "2"),
              "swwae-first": _stage_output(info["plans"]["swwae-layerwise"], "2")}
     opts = options(dbs, mean, budget, 0, weights=info["pretrained"])
@@ -224,7 +229,7 @@ def train_inversion_nets(out, dbs, mean, budget, info, jobs=1):
         plan = plans.load(g["plans"][f"recon/{d}"])
         probes += probe_jobs(plans.path(plan, plan["stages"][0]["solver"]),
                              [w for w, _ in plans.resolve_weights(plan, plan["stages"][0])], budget, d)
-    drops = pool.run(probes, jobs)
+    drops = p.wait([p.submit(j) for j in probes])
     for i, d in enumerate(kept):
         rates[d] = best_rate(drops[i * len(LR_CANDIDATES):(i + 1) * len(LR_CANDIDATES)])
     mo = method_options(recon=True, recon_init=step2, recon_lr=rates)
@@ -232,15 +237,18 @@ def train_inversion_nets(out, dbs, mean, budget, info, jobs=1):
     g = generate.generate(DEMO_NET, [], os.path.join(out, "inversion", "nets"), opts, method_options=mo, check=False)
     # deepest macro-layer first: the longest runs start first, the short ones fill in
     order = sorted(kept, key=lambda d: -int(d.split("/layer")[1]))
-    finals = pool.run([pool.Job(d, train.run_all, (g["plans"][f"recon/{d}"],), {"progress": False})
-                       for d in order], jobs)
-    nets = {}
-    for d in kept:
-        variant, k = d.split("/layer")
-        mode = swwae.FIXED if variant == "sae-first" else swwae.KNOWN
-        weights = finals[order.index(d)][-1]
-        nets.setdefault(mode, {})[int(k)] = (os.path.join(g["out_dir"], "recon", d, "deploy.prototxt"), weights)
-    return nets
+    ids = [p.submit(pool.Job(d, train.run_all, (g["plans"][f"recon/{d}"],), {"progress": False})) for d in order]
+
+    def finish():
+        finals = p.wait(ids)
+        nets = {}
+        for d in kept:
+            variant, k = d.split("/layer")
+            mode = swwae.FIXED if variant == "sae-first" else swwae.KNOWN
+            weights = finals[order.index(d)][-1]
+            nets.setdefault(mode, {})[int(k)] = (os.path.join(g["out_dir"], "recon", d, "deploy.prototxt"), weights)
+        return nets
+    return finish
 
 
 def best_rate(drops):
@@ -251,10 +259,13 @@ def best_rate(drops):
 
 
 # ---------------------------------------------------------------------------
-def run_seed(out, dbs, mean, budget, seed, jobs=1):
+def start_seed(out, dbs, mean, budget, seed, p):
+    """One seed's protocol up to the trainings: pretraining and the LR
+    probes (waited for), then one job per model submitted to the pool ``p``
+    (its training and evaluation); ``finish_seed`` collects them."""
     sdir = os.path.join(out, f"seed{seed}")
     t0 = time.time()
-    pretrained = pretrain(sdir, dbs, mean, budget, seed)
+    pretrained = p.wait([p.submit(pool.Job(f"seed {seed} pretrain", pretrain, (sdir, dbs, mean, budget, seed)))])[0]
 
     # LR selection on the SWWAE-layerwise step-2 net (known switches; the SAE
     # decoders share the same layer shapes, so their rates are reused)
@@ -266,7 +277,7 @@ def run_seed(out, dbs, mean, budget, seed, jobs=1):
     for m in g["encoder"].macros:
         target = IMAGE_TARGET if m.index == 1 else g["encoder"].macros[m.index - 2].last_conv.name
         macro_of_head[swwae.loss_name(target)] = m.index
-    rates, drops = choose_step2_rates(g["plans"]["swwae-layerwise"], pretrained, budget, macro_of_head, jobs)
+    rates, drops = choose_step2_rates(g["plans"]["swwae-layerwise"], pretrained, budget, macro_of_head, p)
     log(f"seed {seed}: step-2 learning rates by largest loss drop: "
         + ", ".join(f"macro-layer {k}: {r:g}" for k, r in sorted(rates.items())))
 
@@ -286,19 +297,26 @@ def run_seed(out, dbs, mean, budget, seed, jobs=1):
     # so that the short jobs fill the cores at the end (the order of the
     # results does not depend on it)
     order = sorted(range(len(models)), key=lambda i: -_n_stages(models[i][1]))
-    done = pool.run([pool.Job(models[i][0], train_and_evaluate, models[i] + (classifier, dbs, mean, budget, seed))
-                     for i in order], jobs)
-    by_model = {models[i][0]: r for i, r in zip(order, done)}
+    ids = {models[i][0]: p.submit(pool.Job(models[i][0], train_and_evaluate,
+                                           models[i] + (classifier, dbs, mean, budget, seed)))
+           for i in order}
+    return {"seed": seed, "t0": t0, "models": [m for m, _, _ in models],
+            "jobs": {v: ids[m] for (m, _, _), v in zip(models, [None] + VARIANTS) if v},
+            "rates": {str(k): r for k, r in rates.items()}, "lr_drops": drops,
+            "pretrained": pretrained, "nets": g["out_dir"], "plans": g["plans"],
+            "n_macros": len(g["encoder"].macros), "ids": ids}
+
+
+def finish_seed(state, p):
+    """Waits for a seed's model jobs: (results in the models' order, info)."""
+    done = p.wait([state["ids"][m] for m in state["models"]])
     results, finals = [], {}
-    for (model, _, _), v in zip(models, [None] + VARIANTS):
-        weights, evals = by_model[model]
+    for (weights, evals), v in zip(done, [None] + VARIANTS):
         results += evals
         if v:
             finals[v] = weights
-    log(f"seed {seed}: done in {time.time() - t0:.0f} s")
-    return results, {"rates": {str(k): r for k, r in rates.items()}, "lr_drops": drops,
-                     "pretrained": pretrained, "finals": finals, "nets": g["out_dir"],
-                     "plans": g["plans"], "n_macros": len(g["encoder"].macros)}
+    log(f"seed {state['seed']}: done in {time.time() - state['t0']:.0f} s")
+    return results, dict(state, finals=finals)
 
 
 def _n_stages(plan_path):
@@ -338,27 +356,31 @@ def run_demo(out, seeds=1, quick=False, jobs=None):
     t0 = time.time()
     log(f"{'quick' if quick else 'default'} run, {seeds} seed(s), {jobs} job(s) at once, output in {out}")
     dbs, mean, val_images, val_labels = build_data(out)
-    all_results, per_seed = [], {}
-    for seed in range(seeds):
-        results, info = run_seed(out, dbs, mean, budget, seed, jobs)
-        all_results += results
-        per_seed[seed] = info
-    for r in all_results:
-        for k in ("top1_error", "top5_error"):
-            r[k] = float(r[k])
-    atomic.write_text(os.path.join(out, "results.json"), json.dumps(all_results, indent=1))
-    md = report.table(all_results, out_dir=out)
+    # One pool for the whole run: each step waits only for the jobs it
+    # needs, and what is queued meanwhile keeps the cores busy (a seed's
+    # model jobs run while the next seed pretrains and the inversion nets
+    # train). Jobs start in the order submitted.
+    with pool.Pool(jobs) as p:
+        states = [start_seed(out, dbs, mean, budget, seed, p) for seed in range(seeds)]
+        inversion = train_inversion_nets(out, dbs, mean, budget, states[0], p)
+        all_results, per_seed = [], {}
+        for seed, state in enumerate(states):
+            results, per_seed[seed] = finish_seed(state, p)
+            all_results += results
+        for r in all_results:
+            for k in ("top1_error", "top5_error"):
+                r[k] = float(r[k])
+        atomic.write_text(os.path.join(out, "results.json"), json.dumps(all_results, indent=1))
+        md = report.table(all_results, out_dir=out)
 
-    info = per_seed[0]
-    log("training the inversion nets of the reconstruction figure (fixed and known switches)")
-    nets = train_inversion_nets(out, dbs, mean, budget, info, jobs)
-    # one digit of each class first (shown), then more for the error figures
-    first = [int(np.flatnonzero(val_labels == d)[0]) for d in range(10)]
-    rest = [i for i in range(0, len(val_labels), 5) if i not in first][:190]
-    recon, curves = pool.run([
-        pool.Job("reconstructions", figures.reconstruction_figure,
-                 (nets, val_images[first + rest], mean, os.path.join(out, "reconstructions.png"))),
-        pool.Job("curves", figures.curves, (out, os.path.join(out, "curves")))], jobs)
+        nets = inversion()
+        # one digit of each class first (shown), then more for the error figures
+        first = [int(np.flatnonzero(val_labels == d)[0]) for d in range(10)]
+        rest = [i for i in range(0, len(val_labels), 5) if i not in first][:190]
+        recon, curves = p.wait([
+            p.submit(pool.Job("reconstructions", figures.reconstruction_figure,
+                              (nets, val_images[first + rest], mean, os.path.join(out, "reconstructions.png")))),
+            p.submit(pool.Job("curves", figures.curves, (out, os.path.join(out, "curves"))))])
     summary = {"budget": asdict(budget), "seeds": seeds, "quick": quick, "mean_pixel": mean,
                "loss_weight_scale": LOSS_WEIGHT_SCALE, "seconds": round(time.time() - t0, 1),
                "reconstruction_mse": recon, "curves": curves,

@@ -72,13 +72,8 @@ def single_blas_thread():
 def run(jobs, n=None):
     """Runs ``jobs`` (a list of Job), at most ``n`` at once (default: the
     usable cores); returns their results in the same order."""
-    jobs = list(jobs)
-    n = usable_cores() if n is None else int(n)
-    if n < 1:
-        raise ValueError(f"jobs: n must be >= 1, got {n}")
-    if n == 1:
-        return [j.fn(*j.args, **j.kwargs) for j in jobs]
-    return _Pool(jobs, n).run()
+    with Pool(n) as pool:
+        return pool.wait([pool.submit(j) for j in jobs])
 
 
 # --------------------------------------------------------------------------
@@ -145,27 +140,58 @@ def _child(job, conn):
         sys.stderr.flush()
 
 
-class _Pool:
-    def __init__(self, jobs, n):
+class Pool:
+    """Jobs submitted one by one and started in that order, up to ``n`` at
+    once; ``wait`` returns the results of some of them while the others
+    keep the cores busy, so a caller can submit work that depends on
+    earlier results as soon as those are in. Use it as a context manager:
+    leaving the block by an exception (Ctrl-C included) stops every running
+    job (SIGINT, waiting for them); leaving it normally waits for every job.
+    ``n`` = 1: each job runs in this process when submitted."""
+
+    def __init__(self, n=None):
         import multiprocessing
+        self.n = usable_cores() if n is None else int(n)
+        if self.n < 1:
+            raise ValueError(f"jobs: n must be >= 1, got {self.n}")
         self.ctx = multiprocessing.get_context("fork")
-        self.jobs, self.n = jobs, n
-        self.results = [None] * len(jobs)
-        self.running = {}  # index -> (process, connection)
-        self.failure = None  # (index, exception) of the first job that failed
+        self.jobs, self.results, self.done = [], [], set()
+        self.todo = deque()
+        self.running = {}  # job id -> (process, connection)
+        self.failure = None  # the exception of the first job that failed
         self.interrupted = None  # message of an interruption
 
-    def run(self):
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, tb):
+        if kind is None:
+            self.wait(range(len(self.jobs)))
+        else:
+            self.stop()
+        return False
+
+    def submit(self, job):
+        """Queues ``job``; returns its id (for ``wait``)."""
+        i = len(self.jobs)
+        self.jobs.append(job)
+        self.results.append(None)
+        if self.n == 1:
+            self.results[i] = job.fn(*job.args, **job.kwargs)
+            self.done.add(i)
+        else:
+            self.todo.append(i)
+            self._fill()
+        return i
+
+    def wait(self, ids):
+        """The results of the jobs ``ids``, in that order, once all are in;
+        raises the first error of any job (after stopping the others)."""
         from multiprocessing.connection import wait
-        todo = deque(range(len(self.jobs)))
+        ids = list(ids)
         try:
-            while todo or self.running:
-                while todo and len(self.running) < self.n and not self._stopping():
-                    self._start(todo.popleft())
-                if self._stopping():
-                    todo.clear()
-                if not self.running:
-                    break
+            while not self._stopping() and not all(i in self.done for i in ids):
+                self._fill()
                 ready = wait([c for _, c in self.running.values()] +
                              [p.sentinel for p, _ in self.running.values()])
                 for i, (p, c) in list(self.running.items()):
@@ -173,16 +199,27 @@ class _Pool:
                         self._finish(i, p, c)
         except KeyboardInterrupt:
             self.interrupted = self.interrupted or "interrupted"
-            self._stop_all()
-            self._drain()
-        if self.failure:
-            raise self.failure[1]
-        if self.interrupted is not None:
+        if self._stopping():
+            self.stop()
+            if self.failure is not None:
+                raise self.failure
             raise KeyboardInterrupt(self.interrupted)
-        return self.results
+        return [self.results[i] for i in ids]
+
+    def stop(self):
+        """Stops every running job (SIGINT: caffe snapshots, pycaffe raises
+        KeyboardInterrupt) and waits for them; queued jobs never start."""
+        self.todo.clear()
+        self.interrupted = self.interrupted or "stopped"
+        self._stop_all()
+        self._drain()
 
     def _stopping(self):
         return self.failure is not None or self.interrupted is not None
+
+    def _fill(self):
+        while self.todo and len(self.running) < self.n and not self._stopping():
+            self._start(self.todo.popleft())
 
     def _start(self, i):
         reader, writer = self.ctx.Pipe(duplex=False)
@@ -207,6 +244,7 @@ class _Pool:
         del self.running[i]
         if kind == "ok":
             self.results[i] = value
+            self.done.add(i)
             return
         if kind == "interrupted":
             if value:  # where the job stopped (e.g. "stage 4 stopped at iteration 120; rerun to resume")
@@ -215,14 +253,12 @@ class _Pool:
                 self.interrupted = f"{self.jobs[i].name}: {value or 'interrupted'}"
                 self._stop_all()
             return
-        if self.failure is None:
-            if self.interrupted is None:
-                self.failure = (i, value)
-                self._stop_all()
+        if not self._stopping():
+            self.failure = value
+            self._stop_all()
 
     def _stop_all(self):
-        """Asks every running job to stop (SIGINT: caffe snapshots, pycaffe
-        raises KeyboardInterrupt); their replies are still collected."""
+        """Asks every running job to stop; their replies are still collected."""
         for p, _ in self.running.values():
             try:
                 os.kill(p.pid, signal.SIGINT)
