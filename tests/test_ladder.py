@@ -649,6 +649,7 @@ def test_statistics_recomputed_over_the_training_set(tiny, tmp_path, caffe):
 @pytest.mark.parametrize("case, message", [
     ("no statistics", "no BatchNorm or BatchStats layer, so no statistics to recompute"),
     ("other size", "key 00000000: a 3x3 image; the net"),
+    ("one image", "one image; batch statistics need two or more"),
 ])
 def test_recompute_stats_bad_input(case, message, tiny, tmp_path, capsys, caffe):
     deploy = str(tiny / "full" / "deploy.prototxt")
@@ -656,6 +657,8 @@ def test_recompute_stats_bad_input(case, message, tiny, tmp_path, capsys, caffe)
     weights = str(tmp_path / "w.caffemodel")
     net.save(weights)
     db = _raw_lmdb(tmp_path / "db", (2, 3, 3) if case == "other size" else (2, 2, 2))
+    if case == "one image":
+        db = _images_lmdb(tmp_path / "one", np.zeros((1, 2, 2, 2), np.uint8))
     if case == "no statistics":
         deploy = str(tmp_path / "plain.prototxt")
         pathlib.Path(deploy).write_text(TINY)

@@ -444,6 +444,8 @@ def recompute_statistics(deploy, weights, db, out, batch_size=100, mean=None, sc
     c, h, w = shape
     protos.check_caffemodel_file(values.check_in_file(weights, "--weights", "caffemodel"))
     total = data.check_lmdb(db)
+    if total < 2:
+        raise ReconDecError(f"{db}: one image; batch statistics need two or more")
     have = data.first_image(db)[0]
     if have != c:
         raise ReconDecError(f"{db}: images with {have} channel{'s' * (have != 1)}, the net ({deploy}) takes {c}")
@@ -486,7 +488,8 @@ def recompute_statistics(deploy, weights, db, out, batch_size=100, mean=None, sc
             del dst.data[:]
             dst.data.extend(src.data.ravel().tolist())
     atomic.write_bytes(out, model.SerializeToString())
-    return {"images": batches * batch_size, "batches": batches, "layers": [l.name for l in layers]}
+    return {"images": batches * batch_size, "batches": batches, "batch_size": batch_size,
+            "layers": [l.name for l in layers]}
 
 
 def register(subparsers):
@@ -547,4 +550,4 @@ def _cmd_recompute_stats(args):
     values.check_out_file(args.out)
     r = recompute_statistics(args.net, args.weights, args.db, args.out, args.batch_size, args.mean, args.scale)
     print(f"{args.out}: statistics of {len(r['layers'])} layers over {r['images']} images "
-          f"({r['batches']} batches of {args.batch_size})")
+          f"({r['batches']} batches of {r['batch_size']})")
