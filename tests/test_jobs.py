@@ -163,3 +163,13 @@ def test_pool_waits_for_some_jobs_while_others_run(tmp_path):
         later = p.submit(jobs.Job("later", _sleep_then, ("later", 0)))
         got = p.wait([later, slow])
         assert got[0] == "later" and got[1][0] == "slow"
+
+
+def test_demo_jobs_option():
+    from recon_dec import cli
+    assert cli.build_parser().parse_args(["demo", "--jobs", "2"]).jobs == 2
+    assert cli.build_parser().parse_args(["demo"]).jobs is None  # run_demo: the usable cores
+    with pytest.raises(SystemExit) as e:
+        cli.build_parser().parse_args(["demo", "--jobs", "0"])
+    assert e.value.code == 2
+    assert jobs.usable_cores() == len(os.sched_getaffinity(0))
