@@ -1,6 +1,8 @@
 """Independent jobs (a plan's training, an LR probe, an evaluation) run in
 up to N worker processes at once, each with one BLAS thread; their results
-come back in the order the jobs were given, whatever order they finish in.
+come back in the order the jobs were given, whatever order they finish in
+(``run``). A ``Pool`` takes jobs one by one and waits for some of them
+while the others run, for work that depends on earlier results.
 
 N = 1 runs the jobs one after another in this process, exactly as a plain
 loop would. For N > 1 every job runs in a forked child process:
@@ -37,8 +39,8 @@ PR_SET_PDEATHSIG = 1
 @dataclass
 class Job:
     """``fn(*args, **kwargs)`` under the name ``name`` (log prefix, errors).
-    ``fn``, its arguments and its result must pickle for N > 1, except that
-    ``fn`` and its arguments are inherited by fork, not sent."""
+    For N > 1 its result must pickle (``fn`` and its arguments reach the
+    worker by fork: they need not)."""
     name: str
     fn: object
     args: tuple = ()
@@ -122,7 +124,7 @@ def _child(job, conn):
         msg = ("ok", job.fn(*job.args, **job.kwargs))
     except KeyboardInterrupt as e:
         msg = ("interrupted", str(e))
-    except BaseException as e:  # noqa: B902 -- everything goes back to the parent
+    except BaseException as e:  # everything goes back to the parent
         e.add_note("".join(traceback.format_exception(e)))  # shown with RECON_DEC_DEBUG=1
         msg = ("error", e)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a late second stop must not break the reply
