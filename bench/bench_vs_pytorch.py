@@ -46,16 +46,22 @@ What is compared:
 import argparse
 import contextlib
 import io
+import importlib.util
 import json
+import math
 import os
 import pathlib
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
 import time
 
-import numpy as np
+try:
+    import numpy as np
+except ImportError:  # --torch-only runs without numpy (a GPU machine's bare python with torch)
+    np = None
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -63,16 +69,53 @@ os.environ.setdefault("GLOG_minloglevel", "2")
 
 DATA_TYPES = {"Data", "ImageData", "ScaleJitterData", "HDF5Data", "WindowData", "MemoryData", "DummyData"}
 DROPPED_TYPES = {"Accuracy"}
-CAFFE_MAX_NLL = float(-np.log(np.finfo(np.float32).tiny))  # -log(FLT_MIN) = 87.34
+# -log(FLT_MIN) = 87.34, rounded to float32 as Caffe computes it
+CAFFE_MAX_NLL = struct.unpack("f", struct.pack("f", 126 * math.log(2)))[0]
 
 
 class Unsupported(Exception):
     pass
 
 
+_STANDALONE_PB2 = None  # --torch-only: protoc's caffe_pb2 loaded by file, never the caffe package
+
+
 def pb2():
+    if _STANDALONE_PB2 is not None:
+        return _STANDALONE_PB2
     from recon_dec.caffe_io import protos
     return protos.pb2()
+
+
+def load_standalone_pb2():
+    """caffe/proto/caffe_pb2.py from the first sys.path entry that has one
+    (a bundle's python/, or pycaffe's), loaded as a plain module: importing
+    the `caffe` package would load pycaffe's libcaffe, which a GPU machine's
+    python 3.12 cannot."""
+    global _STANDALONE_PB2
+    for d in sys.path:
+        f = pathlib.Path(d or ".") / "caffe" / "proto" / "caffe_pb2.py"
+        if f.is_file():
+            spec = importlib.util.spec_from_file_location("caffe_pb2", f)
+            mod = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(mod)
+            _STANDALONE_PB2 = mod
+            return f
+    raise SystemExit("bench_vs_pytorch.py: --torch-only needs protoc's caffe/proto/caffe_pb2.py on PYTHONPATH "
+                     "(a GPU bundle's python/)")
+
+
+def read_net(path, what="net"):
+    if _STANDALONE_PB2 is None:
+        from recon_dec.caffe_io import protos
+        return (protos.read_net if what == "net" else protos.read_solver)(str(path))
+    from google.protobuf import text_format
+    msg = pb2().NetParameter() if what == "net" else pb2().SolverParameter()
+    try:
+        text_format.Merge(pathlib.Path(path).read_text(), msg)
+    except (OSError, UnicodeDecodeError, text_format.ParseError) as e:
+        raise SystemExit(f"{path}: not a readable {what} prototxt ({' '.join(str(e).split())})") from None
+    return msg
 
 
 # ---------------------------------------------------------------- net preparation
@@ -117,6 +160,15 @@ def find_plan(net_path):
 def data_tops(layer, chw, classes):
     """[(top, shape, kind, mean, scale)] of a data layer, kind 'data' or 'label'."""
     t = layer.transform_param
+    if layer.type == "DummyData":  # tools/gpu_check_inputs.py's time nets: data, label
+        shapes = layer.dummy_data_param.shape
+        if not shapes:
+            raise Unsupported(f"data layer '{layer.name}': DummyData without shape")
+        out = []
+        for i, top in enumerate(layer.top):
+            shape = list(shapes[min(i, len(shapes) - 1)].dim)
+            out.append((top, shape, "data" if i == 0 else "label", [], 1.0))
+        return out
     if layer.type == "ScaleJitterData":
         sp = layer.scale_jitter_data_param
         batch, crop = sp.batch_size, sp.crop_size
@@ -148,8 +200,7 @@ def prepare(net_path, chw=None, classes=10):
     """(check net, timed net, inputs) from a train_val prototxt: TRAIN-phase
     layers, data layers replaced by Input layers, Accuracy dropped; the check
     net has its noise off."""
-    from recon_dec.caffe_io import protos
-    src = protos.read_net(str(net_path))
+    src = read_net(net_path)
     if chw is None:
         plan = find_plan(net_path)
         if plan is not None:
@@ -220,11 +271,10 @@ def param_key(layer, j):
 
 
 def solver_settings(solver_path):
-    from recon_dec.caffe_io import protos
     s = {"type": "SGD", "base_lr": 0.01, "momentum": 0.9, "momentum2": 0.999, "delta": 1e-8,
          "weight_decay": 5e-4, "rms_decay": 0.99}
     if solver_path:
-        sp = protos.read_solver(str(solver_path))
+        sp = read_net(solver_path, "solver")
         legacy = {0: "SGD", 1: "Nesterov", 2: "AdaGrad", 3: "RMSProp", 4: "AdaDelta", 5: "Adam"}
         s["type"] = sp.type if sp.HasField("type") else legacy.get(sp.solver_type, "SGD")
         for k in ("base_lr", "momentum", "momentum2", "delta", "weight_decay", "rms_decay"):
@@ -296,13 +346,18 @@ def loss_weights(l):
     return [(t, w) for t, w in zip(l.top, ws) if w != 0]
 
 
-def timed_loop(fn, warmup, iters):
+def timed_loop(fn, warmup, iters, sync=None):
+    """Seconds of each of `iters` calls of fn after `warmup` calls; sync
+    (torch.cuda.synchronize) around each timed call: CUDA runs asynchronously."""
+    sync = sync or (lambda: None)
     for _ in range(warmup):
         fn()
     ts = []
     for _ in range(iters):
+        sync()
         t = time.perf_counter()
         fn()
+        sync()
         ts.append(time.perf_counter() - t)
     return ts
 
@@ -381,14 +436,20 @@ class TorchNet:
     """A Caffe NetParameter (Input layers for the data) as a list of PyTorch
     operations on a dict of named blobs."""
 
-    def __init__(self, net, weights, meta, inputs):
+    def __init__(self, net, weights, meta, inputs, device="cpu"):
         import torch
         self.torch = torch
-        self.inputs = {k: torch.from_numpy(v) for k, v in inputs.items()}
+        self.device = torch.device(device)
+
+        def tensor(v, copy):  # numpy arrays (the comparison) or tensors (--torch-only)
+            if torch.is_tensor(v):
+                return v.detach().clone().to(self.device)
+            return torch.from_numpy(v.copy() if copy else v).to(self.device)
+        self.inputs = {k: tensor(v, False) for k, v in inputs.items()}
         self.params = {}
         self.meta = meta
         for key, m in meta.items():
-            t = torch.from_numpy(weights[key].copy())
+            t = tensor(weights[key], True)
             if m["learnable"] and m["lr_mult"] != 0:
                 t = torch.nn.Parameter(t)
             self.params[key] = t
@@ -558,8 +619,8 @@ class TorchNet:
             key = (tuple(shape), H, W)
             if key not in cache:
                 n, c, ph, pw = shape
-                h = torch.arange(ph) * s[0] - pad[0] + off[0]
-                w = torch.arange(pw) * s[1] - pad[1] + off[1]
+                h = torch.arange(ph, device=self.device) * s[0] - pad[0] + off[0]
+                w = torch.arange(pw, device=self.device) * s[1] - pad[1] + off[1]
                 valid = ((h >= 0) & (h < H))[:, None] & ((w >= 0) & (w < W))[None, :]
                 idx = (h.clamp(0, H - 1)[:, None] * W + w.clamp(0, W - 1)[None, :])
                 cache[key] = (idx.expand(n, c, ph, pw).contiguous(), None if bool(valid.all()) else valid.float())
@@ -1004,6 +1065,141 @@ def worker_torch(spec):
     return result
 
 
+# ---------------------------------------------------------------- --torch-only
+
+def torch_inputs(torch, inputs, classes, seed):
+    """make_inputs without numpy: the same distributions from torch's generator."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for top, shape, kind, mean, scale in inputs:
+        if kind == "label":
+            out[top] = torch.randint(0, classes, shape, generator=g).float()
+            continue
+        x = torch.rand(shape, generator=g) * 255
+        if mean:
+            m = torch.tensor(mean if len(mean) == shape[1] else mean[:1] * shape[1])
+            x -= m.reshape(1, -1, *([1] * (len(shape) - 2)))
+        out[top] = x * (scale if scale else 1.0)
+    return out
+
+
+def _blob_shapes(l, x):
+    """Caffe's parameter blob shapes of layer l, x its first bottom."""
+    if l.type in ("Convolution", "Deconvolution"):
+        p = l.convolution_param
+        kh, kw = _hw_conv(p, "kernel_size", None)
+        c, n, g = x.shape[1], p.num_output, p.group
+        w = [n, c // g, kh, kw] if l.type == "Convolution" else [c, n // g, kh, kw]
+        return [w] + ([[n]] if p.bias_term else [])
+    if l.type == "InnerProduct":
+        p = l.inner_product_param
+        k, n = math.prod(x.shape[p.axis:]), p.num_output
+        return [[k, n] if p.transpose else [n, k]] + ([[n]] if p.bias_term else [])
+    raise Unsupported(f"layer '{l.name}': --torch-only cannot size the parameters of a {l.type} layer "
+                      "(Caffe's fillers are not run without pycaffe)")
+
+
+def _fill(torch, shape, f, g):
+    """A tensor drawn like Caffe's filler f (constant 0 when none is given)."""
+    fan_in = math.prod(shape[1:]) if len(shape) > 1 else 1
+    kind = f.type if f.HasField("type") else "constant"
+    if kind == "constant":
+        return torch.full(shape, float(f.value))
+    if kind == "gaussian":
+        return torch.randn(shape, generator=g) * f.std + f.mean
+    if kind == "uniform":
+        return torch.rand(shape, generator=g) * (f.max - f.min) + f.min
+    if kind == "xavier":
+        a = math.sqrt(3.0 / fan_in)
+        return torch.rand(shape, generator=g) * (2 * a) - a
+    if kind == "msra":
+        return torch.randn(shape, generator=g) * math.sqrt(2.0 / fan_in)
+    raise Unsupported(f"filler type {kind}")
+
+
+def torch_weights(torch, net, inputs, seed, device):
+    """(weights, meta) of net as init_weights gives them, without Caffe: each
+    layer is built on the blobs of the layers before it (one forward, no
+    gradient) to learn its bottom's shape, its blobs drawn from its fillers."""
+    g = torch.Generator().manual_seed(seed)
+    probe = TorchNet(pb2().NetParameter(), {}, {}, inputs, device)
+    env = dict(probe.inputs)
+    weights, meta = {}, {}
+    with torch.no_grad():
+        for l in net.layer:
+            build = getattr(probe, "_" + l.type, None)
+            if build is None:
+                raise Unsupported(f"layer '{l.name}': no PyTorch mapping for type {l.type}")
+            try:
+                op = build(l)
+            except KeyError:  # a parameter not made yet: the layer owns blobs
+                fillers = {"Convolution": "convolution_param", "Deconvolution": "convolution_param",
+                           "InnerProduct": "inner_product_param"}
+                shapes = _blob_shapes(l, env[l.bottom[0]])
+                fp = getattr(l, fillers[l.type])
+                for j, shape in enumerate(shapes):
+                    key = param_key(l, j)
+                    if key in weights:
+                        continue
+                    spec = l.param[j] if j < len(l.param) else None
+                    meta[key] = {"lr_mult": spec.lr_mult if spec is not None else 1.0,
+                                 "decay_mult": spec.decay_mult if spec is not None else 1.0,
+                                 "learnable": True, "layer": l.name}
+                    weights[key] = _fill(torch, shape, fp.weight_filler if j == 0 else fp.bias_filler, g)
+                    probe.params[key] = weights[key].to(probe.device)
+                op = build(l)
+            if op is not None:
+                op(env)
+    return weights, meta
+
+
+def torch_only(label, net_path, solver_path, a):
+    """One row: PyTorch alone on a.device, no Caffe, no pycaffe, no numpy."""
+    import torch
+    dev = torch.device(a.device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit("bench_vs_pytorch.py: --device cuda, but torch.cuda.is_available() is False")
+        # fp32 as Caffe computes it: no TF32 in matmuls or cuDNN convolutions
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        sync = torch.cuda.synchronize
+    else:
+        torch.set_num_threads(a.threads)
+        sync = None
+    torch.manual_seed(a.seed)
+    chw = tuple(int(v) for v in a.input.split(",")) if a.input else None
+    _, timed, inputs = prepare(net_path, chw, a.classes)
+    s = solver_settings(solver_path)
+    arrays = torch_inputs(torch, inputs, a.classes, a.seed)
+    weights, meta = torch_weights(torch, timed, arrays, a.seed, dev)
+    tnet = TorchNet(timed, weights, meta, arrays, dev)
+    opt = torch_optimizer(torch, tnet, timing_settings(s))
+
+    def fwd_bwd():
+        opt.zero_grad()
+        tnet.forward().backward()
+
+    def step():
+        fwd_bwd()
+        opt.step()
+    fb = timed_loop(fwd_bwd, a.warmup, a.iters, sync)
+    st = timed_loop(step, 1, a.iters, sync) if not a.no_solver else []
+    with torch.no_grad():
+        finite = bool(torch.isfinite(tnet.forward()))
+    data = [x for x in inputs if x[2] == "data"]
+    row = {"net": label, "file": str(net_path), "mode": "torch-only", "device": str(dev),
+           "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
+           "torch": torch.__version__, "tf32": False if dev.type == "cuda" else None,
+           "threads": a.threads if dev.type == "cpu" else None,
+           "batch": data[0][1][0] if data else None, "input_shapes": {t: sh for t, sh, *_ in inputs},
+           "solver": s["type"], "warmup": a.warmup, "iters": a.iters,
+           "fwd_bwd_ms": statistics.median(fb) * 1e3, "step_ms": statistics.median(st) * 1e3 if st else None,
+           "fwd_bwd_all_ms": [x * 1e3 for x in fb], "step_all_ms": [x * 1e3 for x in st],
+           "gflop": sum(f + b for f, b in tnet.flops.values()) / 1e9, "finite": finite}
+    return row
+
+
 # ---------------------------------------------------------------- driver
 
 def run_worker(kind, spec_path, threads):
@@ -1207,6 +1403,12 @@ def main(argv=None):
                     help="largest ||caffe - pytorch|| / ||caffe|| of a parameter's gradient accepted (default 2e-2)")
     ap.add_argument("--work", default="out/bench-vs-pytorch", help="generated nets and temporary files")
     ap.add_argument("--json", help="write the rows to this file")
+    ap.add_argument("--torch-only", action="store_true",
+                    help="PyTorch alone (no Caffe, no pycaffe, no numpy; caffe_pb2 from PYTHONPATH, e.g. a GPU "
+                         "bundle's python/): median ms of forward + backward and of a step, weights from the "
+                         "prototxt's fillers")
+    ap.add_argument("--device", default="cpu",
+                    help="--torch-only: cpu or cuda (fp32, TF32 off; synchronized timings) (default cpu)")
     ap.add_argument("--worker", nargs=3, metavar=("KIND", "SPEC", "OUT"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.worker:
@@ -1215,6 +1417,10 @@ def main(argv=None):
         res = (worker_caffe if kind == "caffe" else worker_torch)(spec)
         pathlib.Path(out).write_text(json.dumps(res))
         return 0
+    if a.torch_only:
+        return main_torch_only(ap, a)
+    if a.device != "cpu":
+        ap.error("--device is for --torch-only (the comparison with Caffe runs on the CPU)")
     try:
         import torch  # noqa: F401  (fail early, before generating anything)
     except ImportError:
@@ -1257,6 +1463,36 @@ def main(argv=None):
     if a.json:
         pathlib.Path(a.json).write_text(json.dumps(rows, indent=1))
     return 0 if all(r["ok"] for r in rows) else 1
+
+
+
+def main_torch_only(ap, a):
+    if a.standard or not a.nets:
+        ap.error("--torch-only: give train_val prototxts (not --standard)")
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise SystemExit("bench_vs_pytorch.py: PyTorch is missing (--torch-only needs torch, nothing else)")
+    pb2_file = load_standalone_pb2()
+    rows = []
+    for n in a.nets:
+        solver = a.solver
+        plan = find_plan(n)
+        if solver is None and plan is not None:
+            solver = plan.parent / json.loads(plan.read_text())["stages"][-1]["solver"]
+        try:
+            row = torch_only(str(n), pathlib.Path(n), solver, a)
+        except Unsupported as e:
+            raise SystemExit(f"{n}: --torch-only: {e}")
+        row["caffe_pb2"] = str(pb2_file)
+        rows.append(row)
+        print(f"{n}: PyTorch {row['device']}{' (' + row['gpu'] + ')' if row['gpu'] else ''}: forward + backward "
+              f"{row['fwd_bwd_ms']:.2f} ms, step {row['step_ms'] if row['step_ms'] is None else round(row['step_ms'], 2)}"
+              f" ms (median of {a.iters}; batch {row['batch']}){'' if row['finite'] else ' (non-finite loss)'}",
+              flush=True)
+    if a.json:
+        pathlib.Path(a.json).write_text(json.dumps(rows, indent=1))
+    return 0
 
 
 if __name__ == "__main__":

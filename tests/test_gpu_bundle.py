@@ -51,8 +51,12 @@ def scrubbed_run(bundle, args, cwd, extra=None):
 
 def test_bundle_layout(bundle):
     for f in ("run", "bin/caffe", "bin/test.testbin", "MANIFEST.tsv", "BUNDLE.json",
-              "python/caffe/proto/caffe_pb2.py", "src/caffe/test/test_data", "inputs/inputs.json"):
+              "python/caffe/proto/caffe_pb2.py", "src/caffe/test/test_data", "inputs/inputs.json",
+              "python/google/protobuf/text_format.py"):
         assert (bundle / f).exists(), f
+    # the protobuf runtime travels pure-Python (gpu_bundle.py checked caffe_pb2 loads with it)
+    assert not list((bundle / "python").rglob("*.so")) and not (bundle / "python/google/__init__.py").exists()
+    assert json.loads((bundle / "BUNDLE.json").read_text())["protobuf_python"]
     libs = sorted(p.name for p in (bundle / "lib").iterdir())
     assert any(n.startswith("libcaffe.so") for n in libs)
     assert not [n for n in libs if SYSTEM.match(n)], "a library every target has was packed"

@@ -156,6 +156,38 @@ def origins(paths):
     return result
 
 
+def carry_protobuf(src, python_dir):
+    """Copies the protobuf runtime (src: a google/protobuf folder) into
+    python_dir/google/protobuf, without compiled parts or caches: with
+    PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python it is pure Python, so it runs
+    under the GPU machine's python 3.12 though copied from 3.11. google/ gets no
+    __init__.py (a namespace package, as pip installs it). Checks that protoc's
+    caffe_pb2 loads with it, in a python that sees nothing else (the versions
+    must agree: an older runtime refuses newer generated code). Returns its
+    version."""
+    dest = os.path.join(python_dir, "google", "protobuf")
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.pyc"))
+    probe = ("import importlib.util, os, sys\n"
+             "from google.protobuf import text_format, __version__, __file__ as f\n"
+             "from google.protobuf.internal import api_implementation\n"
+             "assert f.startswith(sys.argv[1]), f\n"
+             "assert api_implementation.Type() == 'python', api_implementation.Type()\n"
+             "spec = importlib.util.spec_from_file_location('caffe_pb2', os.path.join(sys.argv[1], 'caffe', "
+             "'proto', 'caffe_pb2.py'))\n"
+             "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+             "n = text_format.Parse('layer { type: \"Convolution\" convolution_param { engine: CAFFE } }', "
+             "m.NetParameter())\n"
+             "assert n.layer[0].convolution_param.engine == m.ConvolutionParameter.CAFFE\n"
+             "print(__version__)\n")
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": python_dir,
+           "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python"}
+    r = run(["python3", "-s", "-c", probe, python_dir], env=env)
+    if r.returncode:
+        sys.exit(f"gpu_bundle: {dest}: protoc's caffe_pb2 does not load with the carried protobuf "
+                 f"({(r.stderr.strip().splitlines() or ['?'])[-1]})")
+    return r.stdout.strip()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", required=True, help="build tree holding caffe-build/ and caffe-src/")
@@ -163,6 +195,8 @@ def main():
     ap.add_argument("--mode", choices=["cuda", "cpu"], required=True)
     ap.add_argument("--inputs", help="folder copied as OUT/inputs (tools/gpu_check_inputs.py)")
     ap.add_argument("--tar", action="store_true", help="also OUT.tar.xz")
+    ap.add_argument("--protobuf", help="a google/protobuf package folder (.venv's) copied as OUT/python/google/"
+                    "protobuf: the GPU machine's python may have none (used pure-Python there)")
     a = ap.parse_args()
 
     cb = os.path.join(a.build, "caffe-build")
@@ -228,6 +262,9 @@ def main():
         sys.exit(f"gpu_bundle: protoc failed: {r.stderr}")
     for d in (os.path.dirname(pb2), pb2):
         open(os.path.join(d, "__init__.py"), "w").close()
+    protobuf_version = None
+    if a.protobuf:
+        protobuf_version = carry_protobuf(a.protobuf, os.path.join(out, "python"))
     if a.inputs:
         shutil.copytree(a.inputs, os.path.join(out, "inputs"), symlinks=False)
 
@@ -275,7 +312,7 @@ def main():
         "from_target_system": sorted(skipped_system),
         "from_target_cuda": sorted(cuda_libs),
         "newest_symbol_versions": {k: ".".join(map(str, v)) for k, v in sorted(newest.items())},
-        "bytes": total,
+        "bytes": total, "protobuf_python": protobuf_version,
     }
     with open(os.path.join(out, "BUNDLE.json"), "w") as f:
         json.dump(info, f, indent=1)

@@ -23,7 +23,8 @@
 # libgcc_s, libz; CUDA's libraries come from the machine's wheels/toolkit),
 # run (the launcher: `OUT/run caffe ...` sets the library path for that command
 # only), src/caffe/test/test_data/ (what test.testbin reads: run it from OUT),
-# python/caffe/proto/caffe_pb2.py (protoc's, loads without pycaffe), inputs/
+# python/caffe/proto/caffe_pb2.py (protoc's, loads without pycaffe),
+# python/google/protobuf (.venv's protobuf runtime, used pure-Python), inputs/
 # (tools/gpu_check.sh's, from tools/gpu_check_inputs.py), MANIFEST.tsv (file,
 # origin Debian package, bytes) and BUNDLE.json.
 # Every ELF is stripped and its RUNPATH rewritten to $ORIGIN-relative; the
@@ -98,6 +99,10 @@ fi
 
 step "pack $from -> $out"
 args=(--build "$from" --out "$out" --mode "$mode")
+# the protobuf runtime for the bundle's caffe_pb2 (bench --torch-only on the GPU machine)
+protobuf=$("$here/.venv/bin/python" -c 'import os, google.protobuf as p; print(os.path.dirname(p.__file__))') ||
+  { echo "gpu_bundle: .venv has no google.protobuf (tools/setup.sh)" >&2; exit 1; }
+args+=(--protobuf "$protobuf")
 [ -n "$inputs" ] && args+=(--inputs "$inputs")
 [ "$tar" = 1 ] && args+=(--tar)
 exec python3 "$here/tools/gpu_bundle.py" "${args[@]}"
