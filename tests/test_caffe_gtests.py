@@ -71,8 +71,28 @@ def suite_instances():
         if line.startswith(" ") or not entry.endswith("."):
             continue
         instance = entry.rstrip(".")
-        found[instance] = "gpu" if "GPU" in base_suite(instance) or "GPUDevice" in comment else "cpu"
+        # a cuDNN build's CuDNN* suites are typed on float/double only, GPU-only
+        gpu = "GPU" in base_suite(instance) or "GPUDevice" in comment or base_suite(instance).startswith("CuDNN")
+        found[instance] = "gpu" if gpu else "cpu"
     return found
+
+
+@functools.lru_cache(maxsize=None)
+def instance_test_counts():
+    """{suite instance: number of tests gtest lists under it}."""
+    proc = subprocess.run([str(TESTBIN), "--gtest_list_tests"], cwd=SOURCE_ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    counts, instance = {}, None
+    for line in proc.stdout.splitlines():
+        entry = line.partition("#")[0].strip()
+        if not entry:
+            continue
+        if line.startswith(" "):
+            counts[instance] = counts.get(instance, 0) + 1
+        elif entry.endswith("."):
+            instance = entry.rstrip(".")
+    return counts
 
 
 def base_suite(instance):
@@ -242,11 +262,19 @@ def test_every_caffe_ext_gtest_passes(source, device):
 
 @pytest.mark.parametrize("device", ["cpu", "gpu"])
 def test_unpooling_gtests(device):
-    # 15 tests x {float, double}, gradient checks included, per device (a
-    # CUDA build has the GPU instances /2, /3 and UnpoolingLayerGPUTest's 2)
+    # every typed test x {float, double}, gradient checks included, per device
+    # (a CUDA build has the GPU instances /2, /3 and UnpoolingLayerGPUTest's
+    # tests): the counts come from the source and the binary's list, so a
+    # build with more instances (cuDNN, another dtype) needs no edit here
     gtest_filter, _ = selection(["UnpoolingLayerTest", "UnpoolingLayerGPUTest"], device)
     passed, out = run_gtests(gtest_filter)
-    assert passed == (30 if device == "cpu" else 32), out[-3000:]
+    chosen = gtest_filter.replace(".*", "").split(":")
+    typed = len(re.findall(r"^TYPED_TEST\(UnpoolingLayerTest,", (REPO / "caffe_ext/src/caffe/test/"
+                                                                 "test_unpooling_layer.cpp").read_text(), re.M))
+    counts = instance_test_counts()
+    assert typed >= 15 and all(counts[i] == typed for i in chosen if base_suite(i) == "UnpoolingLayerTest")
+    assert sum(base_suite(i) == "UnpoolingLayerTest" for i in chosen) == 2  # float, double
+    assert passed == sum(counts[i] for i in chosen), out[-3000:]
     first = 0 if device == "cpu" else 2
     for name in ("TestGradientKnownSwitches", "TestGradientFixedSwitches",
                  "TestRoundTrip", "TestKnownSwitches3x3Overlap",

@@ -41,10 +41,14 @@ LAUNCHER = r"""#!/bin/sh
 # machine: $RECON_DEC_CUDA_LIBS, the nvidia wheels of python3, /usr/local/cuda).
 # test.testbin reads src/caffe/test/test_data relative to the current
 # directory: run it from BUNDLE.
+# A cuDNN bundle runs its cuDNN build when this machine's libcudnn loads
+# (libcudnn is not carried: it comes with the CUDA wheels), else (or with
+# RECON_DEC_CUDNN=0) its build without cuDNN in nocudnn/, where packed.
+# `BUNDLE/run --variant` prints which: cudnn, no-cudnn: WHY, plain.
 here=$(cd "$(dirname "$0")" && pwd)
-[ $# -ge 1 ] || { sed -n 2,7p "$0" >&2; exit 2; }
+[ $# -ge 1 ] || { sed -n 2,12p "$0" >&2; exit 2; }
 prog=$1; shift
-path=$here/lib
+path=$here/lib bin=$here/bin variant=plain
 if [ "@CUDA@" = 1 ]; then
   wheels=$(python3 -c 'import glob, os, nvidia
 for p in nvidia.__path__:
@@ -52,9 +56,23 @@ for p in nvidia.__path__:
   for d in ${RECON_DEC_CUDA_LIBS:-} $wheels /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib /usr/local/nvidia/lib64; do
     [ -d "$d" ] && path=$path:$d
   done
+  if [ -n "@CUDNN@" ]; then
+    why=
+    if [ "${RECON_DEC_CUDNN:-1}" = 0 ]; then why="RECON_DEC_CUDNN=0"
+    elif ! LD_LIBRARY_PATH=$path python3 -c 'import ctypes, sys; ctypes.CDLL(sys.argv[1])' @CUDNN@ 2>/dev/null; then
+      why="@CUDNN@ does not load"
+    fi
+    if [ -z "$why" ]; then variant=cudnn
+    elif [ -d "$here/nocudnn" ]; then
+      variant="no-cudnn: $why; the build without cuDNN" bin=$here/nocudnn/bin path=$here/nocudnn/lib:$path
+    else variant="no-cudnn: $why, and this bundle has no build without cuDNN"
+    fi
+  fi
 fi
-LD_LIBRARY_PATH=$path exec "$here/bin/$prog" "$@"
+[ "$prog" = --variant ] && { echo "$variant"; exit 0; }
+LD_LIBRARY_PATH=$path exec "$bin/$prog" "$@"
 """
+MAX_TAR = 64 * 2**20  # what the device tool carries
 
 
 def run(cmd, **kw):
@@ -156,6 +174,37 @@ def origins(paths):
     return result
 
 
+def pack_fallback(build, out, shared):
+    """OUT/nocudnn/{bin,lib}: the programs of the build tree `build` (made
+    without cuDNN) and the libraries of theirs that OUT/lib lacks or that
+    differ by build (libcaffe); the rest they share with OUT/lib. Returns
+    the manifest rows."""
+    cb = os.path.join(build, "caffe-build")
+    rows = []
+    for d in ("bin", "lib"):
+        os.makedirs(os.path.join(out, "nocudnn", d))
+    for name, rel in PROGRAMS.items():
+        src = os.path.join(cb, rel)
+        if not os.path.exists(src):
+            sys.exit(f"gpu_bundle: {src} missing: build the fallback tree first")
+        shutil.copy2(src, os.path.join(out, "nocudnn", "bin", name))
+        rows.append((f"nocudnn/bin/{name}", "built: recon-dec Caffe (without cuDNN)", src))
+        for lib, path in ldd(src).items():
+            if lib.startswith("libcudnn"):
+                sys.exit(f"gpu_bundle: the fallback {src} links {lib}: build it without cuDNN")
+            if SYSTEM.match(lib) or CUDA.match(lib) or (lib in shared and not lib.startswith("libcaffe")):
+                continue
+            if path is None:
+                sys.exit(f"gpu_bundle: {src}: {lib} unresolved")
+            dest = os.path.join(out, "nocudnn", "lib", lib)
+            if not os.path.exists(dest):
+                shutil.copyfile(path, dest)
+                os.chmod(dest, 0o755)
+                ours = os.path.realpath(path).startswith(os.path.realpath(cb) + "/")
+                rows.append((f"nocudnn/lib/{lib}", "built: recon-dec Caffe (without cuDNN)" if ours else None, path))
+    return rows
+
+
 def carry_protobuf(src, python_dir):
     """Copies the protobuf runtime (src: a google/protobuf folder) into
     python_dir/google/protobuf, without compiled parts or caches: with
@@ -195,6 +244,8 @@ def main():
     ap.add_argument("--mode", choices=["cuda", "cpu"], required=True)
     ap.add_argument("--inputs", help="folder copied as OUT/inputs (tools/gpu_check_inputs.py)")
     ap.add_argument("--tar", action="store_true", help="also OUT.tar.xz")
+    ap.add_argument("--fallback", help="a build tree without cuDNN (caffe-build/ inside), packed as OUT/nocudnn "
+                    "(its programs and libcaffe): the launcher runs it where libcudnn does not load")
     ap.add_argument("--protobuf", help="a google/protobuf package folder (.venv's) copied as OUT/python/google/"
                     "protobuf: the GPU machine's python may have none (used pure-Python there)")
     a = ap.parse_args()
@@ -233,26 +284,34 @@ def main():
     if a.mode == "cuda" and not cuda_libs:
         sys.exit("gpu_bundle: a CUDA bundle, but the build links no CUDA library")
 
+    cudnn = sorted(n for n in cuda_libs if n.startswith("libcudnn"))
     manifest = []  # (file, origin, source)
     for name, src in programs.items():
         shutil.copy2(src, os.path.join(out, "bin", name))
-        manifest.append((f"bin/{name}", "built: recon-dec Caffe", src))
+        manifest.append((f"bin/{name}", "built: recon-dec Caffe" + (" (cuDNN)" if cudnn else ""), src))
     for name, path in sorted(needed.items()):
         shutil.copyfile(path, os.path.join(out, "lib", name))  # follows links
         os.chmod(os.path.join(out, "lib", name), 0o755)
         manifest.append((f"lib/{name}", None, path))
+    if a.fallback:
+        if not cudnn:
+            sys.exit(f"gpu_bundle: --fallback {a.fallback}, but {a.build} links no libcudnn (nothing to fall back from)")
+        manifest += pack_fallback(a.fallback, out, needed)
 
     # ---- strip, $ORIGIN runpaths
     elves = [os.path.join(out, f) for f, _, _ in manifest]
     subprocess.run(["strip", "--strip-unneeded", *elves], check=True)
     for f in elves:
-        set_runpath(f, "$ORIGIN/../lib" if "/bin/" in f else "$ORIGIN")
+        if "/nocudnn/" in f:  # its own libcaffe first, then the libraries both builds share
+            set_runpath(f, "$ORIGIN/../lib:$ORIGIN/../../lib" if "/bin/" in f else "$ORIGIN:$ORIGIN/../../lib")
+        else:
+            set_runpath(f, "$ORIGIN/../lib" if "/bin/" in f else "$ORIGIN")
 
     # ---- what test.testbin reads, the launcher, python protobuf module
     shutil.copytree(os.path.join(a.build, "caffe-src", "src", "caffe", "test", "test_data"),
                     os.path.join(out, "src", "caffe", "test", "test_data"))
     with open(os.path.join(out, "run"), "w") as f:
-        f.write(LAUNCHER.replace("@CUDA@", "1" if a.mode == "cuda" else "0"))
+        f.write(LAUNCHER.replace("@CUDA@", "1" if a.mode == "cuda" else "0").replace("@CUDNN@", cudnn[0] if cudnn else ""))
     os.chmod(os.path.join(out, "run"), 0o755)
     pb2 = os.path.join(out, "python", "caffe", "proto")
     os.makedirs(pb2)
@@ -313,6 +372,7 @@ def main():
         "from_target_cuda": sorted(cuda_libs),
         "newest_symbol_versions": {k: ".".join(map(str, v)) for k, v in sorted(newest.items())},
         "bytes": total, "protobuf_python": protobuf_version,
+        "cudnn": cudnn, "fallback_without_cudnn": bool(a.fallback),
     }
     with open(os.path.join(out, "BUNDLE.json"), "w") as f:
         json.dump(info, f, indent=1)
@@ -327,6 +387,9 @@ def main():
         with open(os.path.join(out, "BUNDLE.json"), "w") as f:
             json.dump(info, f, indent=1)
     print(msg)
+    if info.get("tar_bytes", 0) > MAX_TAR:
+        sys.exit(f"gpu_bundle: {out}.tar.xz is {info['tar_bytes'] / 2**20:.1f} MiB, over the 64 MiB the device "
+                 "tool carries (without --fallback: one libcaffe less)")
     print("newest symbol versions: " + ", ".join(f"{k}_{v}" for k, v in info["newest_symbol_versions"].items()))
 
 

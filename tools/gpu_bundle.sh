@@ -1,13 +1,22 @@
 #!/usr/bin/env bash
-# Builds the lean CUDA configuration of Caffe (own build tree build-cuda-lean/)
-# and packs it into a self-contained, relocatable folder for a GPU machine that
-# has no Debian packages (issue 16; shared/reference/BUILD_FACTS.md, "Carrying a
-# CUDA build to the GPU machine"): OUT/ and OUT.tar.xz.
+# Builds the lean CUDA configuration of Caffe, with cuDNN (own build tree
+# build-cuda-cudnn/) and without (build-cuda-lean/), and packs them into a
+# self-contained, relocatable folder for a GPU machine that has no Debian
+# packages (issue 16; shared/reference/BUILD_FACTS.md, "Carrying a CUDA build
+# to the GPU machine"): OUT/ and OUT.tar.xz.
 #
 # usage: tools/gpu_bundle.sh [--cpu] [--from BUILD_DIR] [--inputs DIR|--no-inputs]
-#                            [--build-only] [--no-tar] OUT
-#   (default)         build build-cuda-lean/ (CUDA sm_90, no OpenCV/LevelDB/pycaffe/
-#                     Python layer, Debian's reference libblas3) and pack it
+#                            [--no-cudnn|--no-fallback] [--build-only] [--no-tar] OUT
+#   (default)         build build-cuda-cudnn/ (CUDA sm_90, cuDNN 9 from the headers and
+#                     API library tools/cudnn_headers.py caches, no OpenCV/LevelDB/
+#                     pycaffe/Python layer, Debian's reference libblas3) and
+#                     build-cuda-lean/ (the same without cuDNN); pack the first, and the
+#                     second's programs and libcaffe as nocudnn/: the launcher runs them
+#                     where libcudnn does not load (libcudnn itself is not packed: the GPU
+#                     machine's nvidia-cudnn wheel has it, as cuBLAS). The check times
+#                     "without cuDNN" with engine: CAFFE copies of its nets
+#   --no-cudnn        build and pack build-cuda-lean/ only (no cuDNN)
+#   --no-fallback     build and pack build-cuda-cudnn/ only (no nocudnn/)
 #   --cpu             pack a CPU-only build instead: BUILD_DIR (default build/, the
 #                     setup's build, used as is; nothing is built) - the relocation
 #                     test of tests/test_gpu_bundle.py
@@ -34,13 +43,15 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 
-mode=cuda from="" build_only=0 tar=1 out="" inputs="" no_inputs=0
+mode=cuda from="" build_only=0 tar=1 out="" inputs="" no_inputs=0 cudnn=1 fallback=1 fallback_dir=""
 while [ $# -gt 0 ]; do
   case $1 in
     --cpu) mode=cpu ;;
     --from) from=$2; shift ;;
     --inputs) inputs=$2; shift ;;
     --no-inputs) no_inputs=1 ;;
+    --no-cudnn) cudnn=0 ;;
+    --no-fallback) fallback=0 ;;
     --build-only) build_only=1 ;;
     --no-tar) tar=0 ;;
     -h|--help) sed -n '2,/^set -e/p' "$0" | sed '$d'; exit 0 ;;
@@ -73,19 +84,44 @@ reference_blas() {
   echo "$dir/root/usr/lib/x86_64-linux-gnu/blas/libblas.so.3"
 }
 
-if [ "$mode" = cuda ] && [ -z "$from" ]; then
-  from=$here/build-cuda-lean
-  blas=$(reference_blas)
-  step "configure $from (CUDA sm_90, lean, BLAS $blas)"
-  mkdir -p "$from"
-  cmake -S . -B "$from" -DRECON_DEC_CUDA=ON -DRECON_DEC_CUDA_ARCH=90 \
+# cuDNN's headers and API library (~1 MB), as tools/test.sh caches them: enough
+# to compile and link; the GPU machine's wheel supplies the rest at run time.
+cudnn_root() {
+  local dir=${RECON_DEC_CUDNN_HEADERS:-${XDG_CACHE_HOME:-$HOME/.cache}/recon-dec/cudnn}
+  if [ ! -e "$dir/include/cudnn.h" ]; then
+    "$here/.venv/bin/python" tools/cudnn_headers.py "$dir" >&2 ||
+      { echo "gpu_bundle: cannot fetch cuDNN's headers into $dir (tools/cudnn_headers.py)" >&2; exit 1; }
+  fi
+  echo "$dir"
+}
+
+build_tree() {  # build_tree DIR [extra cmake args]: the lean CUDA configuration
+  local dir=$1; shift
+  local blas; blas=$(reference_blas)
+  step "configure $dir (CUDA sm_90, lean, BLAS $blas $*)"
+  mkdir -p "$dir"
+  cmake -S . -B "$dir" -DRECON_DEC_CUDA=ON -DRECON_DEC_CUDA_ARCH=90 \
         -DRECON_DEC_LINK_VENV=OFF -DRECON_DEC_LEAN=ON \
         "-DRECON_DEC_BLAS_LIBRARY=$blas" "-DRECON_DEC_CAFFE_TESTS=$LEAN_TESTS" \
-        -DRECON_DEC_PYTHON="$here/.venv/bin/python" > "$from/configure.log" 2>&1 ||
-    { tail -40 "$from/configure.log" >&2; echo "gpu_bundle: configure failed ($from/configure.log)" >&2; exit 1; }
-  step "build (log: $from/build.log)"
-  cmake --build "$from" > "$from/build.log" 2>&1 ||
-    { grep -E -B2 -A6 'error|Error' "$from/build.log" | tail -60 >&2; echo "gpu_bundle: build failed ($from/build.log)" >&2; exit 1; }
+        -DRECON_DEC_PYTHON="$here/.venv/bin/python" "$@" > "$dir/configure.log" 2>&1 ||
+    { tail -40 "$dir/configure.log" >&2; echo "gpu_bundle: configure failed ($dir/configure.log)" >&2; exit 1; }
+  step "build (log: $dir/build.log)"
+  cmake --build "$dir" > "$dir/build.log" 2>&1 ||
+    { grep -E -B2 -A6 'error|Error' "$dir/build.log" | tail -60 >&2; echo "gpu_bundle: build failed ($dir/build.log)" >&2; exit 1; }
+}
+
+if [ "$mode" = cuda ] && [ -z "$from" ]; then
+  if [ "$cudnn" = 1 ]; then
+    from=$here/build-cuda-cudnn
+    build_tree "$from" -DRECON_DEC_CUDNN=ON "-DRECON_DEC_CUDNN_ROOT=$(cudnn_root)"
+    if [ "$fallback" = 1 ]; then
+      fallback_dir=$here/build-cuda-lean
+      build_tree "$fallback_dir" -DRECON_DEC_CUDNN=OFF
+    fi
+  else
+    from=$here/build-cuda-lean
+    build_tree "$from" -DRECON_DEC_CUDNN=OFF
+  fi
 fi
 [ "$build_only" = 1 ] && { step "built $from"; exit 0; }
 [ -n "$from" ] || from=$here/build
@@ -99,6 +135,7 @@ fi
 
 step "pack $from -> $out"
 args=(--build "$from" --out "$out" --mode "$mode")
+[ -n "$fallback_dir" ] && args+=(--fallback "$fallback_dir")
 # the protobuf runtime for the bundle's caffe_pb2 (bench --torch-only on the GPU machine)
 protobuf=$("$here/.venv/bin/python" -c 'import os, google.protobuf as p; print(os.path.dirname(p.__file__))') ||
   { echo "gpu_bundle: .venv has no google.protobuf (tools/setup.sh)" >&2; exit 1; }

@@ -112,7 +112,18 @@ class Check:
                 "from_elsewhere": [p for p in paths if not p.startswith(self.bundle + "/")],
                 "not_found": sorted(set(re.findall(r"error while loading shared libraries: (\S+)", out)))}
 
+    def variant(self):
+        """Which build the launcher runs here: {"cudnn": bool, "line": its
+        words}. A cuDNN bundle falls back to its build without cuDNN when
+        libcudnn does not load (tools/gpu_bundle.py's launcher)."""
+        if "variant" not in self.result:
+            rc, out = self.sh([os.path.join(self.bundle, "run"), "--variant"], 60)
+            line = out.strip().splitlines()[-1] if rc == 0 and out.strip() else f"unknown (run --variant: rc {rc})"
+            self.result["variant"] = {"cudnn": line == "cudnn", "line": line}
+        return self.result["variant"]
+
     def device_query(self, limit):
+        self.variant()
         self.result["libraries_loaded"] = self.loaded_libraries()
         if self.cpu:
             rc, out = self.caffe(["--version"], limit)
@@ -140,8 +151,9 @@ class Check:
                 continue  # a test name, or something the binary printed
             suite = entry.rstrip(".")
             base = [q for q in suite.split("/") if not q.isdigit()][-1]
-            # typed instances on GPUDevice (/2, /3 of TestDtypesAndDevices), *GPU* suites
-            gpu = "GPU" in base or "GPUDevice" in comment
+            # typed instances on GPUDevice (/2, /3 of TestDtypesAndDevices), *GPU* suites,
+            # a cuDNN build's CuDNN* suites (float/double, GPU only)
+            gpu = "GPU" in base or "GPUDevice" in comment or base.startswith("CuDNN")
             if (base in ours) == (which == "ours") and gpu != self.cpu:
                 patterns.append(f"{suite}.*")
         if not patterns:
@@ -153,6 +165,7 @@ class Check:
         passed = re.search(r"\[  PASSED  \] (\d+) test", out)
         failed = sorted(set(re.findall(r"\[  FAILED  \] (\S+)", out)))
         details = {"suites": len(patterns), "passed": int(passed.group(1)) if passed else 0,
+                   "cudnn_suites": sorted(p[:-2] for p in patterns if p.startswith("CuDNN")),
                    "ok_lines": len(re.findall(r"\[       OK \] ", out)),  # what passed before a timeout
                    "failed": failed}
         if os.path.exists(xml):
@@ -230,20 +243,41 @@ class Check:
         return r
 
     def caffe_time(self, limit):
+        """caffe time of VGG16 baseline and SWWAE-all: the default engine
+        (cuDNN in a cuDNN build) and, where the inputs have it, the copy with
+        engine: CAFFE on every layer (im2col + cuBLAS: the same build without
+        cuDNN)."""
         batch = 1 if self.cpu else 32
         iters = 1 if self.cpu else 10
-        res, bad = {}, []
+        cudnn = self.variant()["cudnn"]
+        runs = []
         for v in self.info["variants"]:
-            rc, out = self.caffe(["time", f"-model=time/vgg16-{v}_b{batch}.prototxt",
-                                  f"-iterations={iters}", *self.gpu], limit / len(self.info["variants"]))
+            runs.append((v, f"time/vgg16-{v}_b{batch}.prototxt", None))
+            ec = f"time/vgg16-{v}_b{batch}_engine-caffe.prototxt"
+            if os.path.exists(os.path.join(self.inputs, ec)):
+                runs.append((v, ec, "engine_caffe"))
+        res, bad, start = {}, [], time.time()
+        for i, (v, model, kind) in enumerate(runs):
+            left = limit - (time.time() - start)
+            rc, out = self.caffe(["time", f"-model={model}", f"-iterations={iters}", *self.gpu],
+                                 left / (len(runs) - i))
             t = self.parse_time(out)
-            t.update(batch=batch, iterations=iters, rc=rc)
-            res[f"vgg16-{v}"] = t
+            t.update(batch=batch, iterations=iters, rc=rc, model=model)
+            if kind is None:
+                res[f"vgg16-{v}"] = dict(t, engine="CUDNN (default)" if cudnn else "CAFFE (no cuDNN in this run)")
+            else:
+                net = res.setdefault(f"vgg16-{v}", {})
+                net["engine_caffe"] = t
+                net["forward_backward_ms_engine_caffe"] = t["forward_backward_ms"]
+                if t["forward_backward_ms"] and net.get("forward_backward_ms"):
+                    net["speedup_cudnn"] = t["forward_backward_ms"] / net["forward_backward_ms"]
             if rc != 0 or t["forward_backward_ms"] is None:
-                bad.append(v)
+                bad.append(f"{v}{' (' + kind + ')' if kind else ''}")
+        out = {"nets": res, "cudnn": cudnn, "variant": self.variant()["line"],
+               "tf32": "off (NVIDIA_TF32_OVERRIDE=0)"}
         if bad:
-            raise StepFailed(f"caffe time failed: {bad}", {"nets": res})
-        return {"nets": res, "cudnn": False, "tf32": "off (NVIDIA_TF32_OVERRIDE=0)"}
+            raise StepFailed(f"caffe time failed: {bad}", out)
+        return out
 
     def unpool_bandwidth(self, limit):
         batch = 2 if self.cpu else 32
@@ -388,7 +422,7 @@ def main():
              ("gtest_ours", 60, lambda l: c.gtests("ours", l)),
              ("gpu_vs_cpu", 40, c.gpu_vs_cpu),
              ("train", 50, c.train),
-             ("caffe_time", 70, c.caffe_time),
+             ("caffe_time", 100, c.caffe_time),
              ("unpool_bandwidth", 25, c.unpool_bandwidth),
              ("gtest_upstream", 90, lambda l: c.gtests("upstream", l)),
              ("pytorch", 90, c.pytorch)]

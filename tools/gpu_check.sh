@@ -15,11 +15,15 @@
 #   gpu_vs_cpu        caffe test of the generated small-VGG nets (baseline, swwae-all)
 #                     with the same init.caffemodel, CPU and GPU: outputs equal to 1e-3
 #   train             caffe train -gpu 0 of the demo's step-4 net (both variants), loss falls
-#   caffe_time        caffe time -gpu 0 of VGG16 baseline and SWWAE-all, 224 px, batch 32
+#   caffe_time        caffe time -gpu 0 of VGG16 baseline and SWWAE-all, 224 px, batch 32:
+#                     the default engine (cuDNN in a cuDNN bundle, where libcudnn loads:
+#                     `BUNDLE/run --variant`) and the inputs' engine: CAFFE copies
 #   unpool_bandwidth  Unpooling (known, fixed) forward/backward vs a device copy (Power)
-#   gtest_upstream    the upstream gtests in the bundle (layers our nets use), GPU instances
-#   pytorch           bench/bench_vs_pytorch.py --torch-only --device cuda if it has that
-#                     mode; plain PyTorch VGG16 and a torch device-to-device copy
+#   gtest_upstream    the upstream gtests in the bundle (layers our nets use), GPU instances,
+#                     a cuDNN build's CuDNN* suites
+#   pytorch           bench/bench_vs_pytorch.py --torch-only --device cuda on the same
+#                     VGG16 nets (the bundle's caffe_pb2 and pure-Python protobuf), beside
+#                     caffe time's; plain PyTorch VGG16 and a torch device-to-device copy
 # OUT: gpu_check.json (rewritten after each step), log.txt (every command's
 # output), gtest_*.xml, torch_*.json: at most 6 files (the device tool brings
 # back 8). --cpu runs the same steps on the CPU (no -gpu; batch 1

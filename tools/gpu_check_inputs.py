@@ -20,6 +20,10 @@ OUT/ (every path inside is relative to OUT: the check runs caffe from OUT):
   time/<net>_b<N>.prototxt
                           VGG16 baseline and SWWAE-all (step-4 train_val,
                           224 px) with DummyData of batch N (32 GPU, 1 CPU)
+  time/<net>_b<N>_engine-caffe.prototxt
+                          the same with `engine: CAFFE` on every layer that has an
+                          engine (Caffe's own im2col + cuBLAS code): the check times
+                          a cuDNN build with and without cuDNN
   time/unpool_b<N>.prototxt
                           Max pooling + Unpooling (known and fixed switches)
                           + an identity Power (a device copy) for bandwidth
@@ -151,6 +155,30 @@ def dummy_net(train_val, batch, size=224, classes=1000):
     return text_format.MessageToString(net)
 
 
+# Layer types whose parameter message has Caffe's `engine` field, when the
+# layer has none written: the message the layer reads its engine from.
+ENGINE_PARAM = {"Convolution": "convolution_param", "Deconvolution": "convolution_param",
+                "Pooling": "pooling_param", "ReLU": "relu_param", "Sigmoid": "sigmoid_param",
+                "TanH": "tanh_param", "Softmax": "softmax_param", "SoftmaxWithLoss": "softmax_param",
+                "LRN": "lrn_param", "SPP": "spp_param"}
+
+
+def engine_caffe(net):
+    """NetParameter `net` with engine CAFFE on every layer that can take
+    another engine (cuDNN): the type's parameter message (ENGINE_PARAM, made
+    if absent) and any other message the layer already has with an engine
+    field. Nothing else changes. Returns net (modified in place)."""
+    for layer in net.layer:
+        msgs = [m for f, m in layer.ListFields()
+                if f.message_type is not None and "engine" in f.message_type.fields_by_name]
+        name = ENGINE_PARAM.get(layer.type)
+        if name is not None and "engine" in getattr(layer, name).DESCRIPTOR.fields_by_name:
+            msgs.append(getattr(layer, name))
+        for m in msgs:
+            m.engine = m.CAFFE
+    return net
+
+
 def make_time_nets(out):
     from recon_dec.runners import generate
     from recon_dec.graph.data_layers import DataSpec
@@ -163,6 +191,11 @@ def make_time_nets(out):
         for batch in (32, 1):
             text = dummy_net(tmp / v / "train_val.prototxt", batch)
             (out / "time" / f"vgg16-{v}_b{batch}.prototxt").write_text(text)
+            from google.protobuf import text_format
+            from recon_dec.caffe_io import protos
+            net = engine_caffe(text_format.Parse(text, protos.pb2().NetParameter()))
+            (out / "time" / f"vgg16-{v}_b{batch}_engine-caffe.prototxt").write_text(
+                text_format.MessageToString(net))
     shutil.rmtree(tmp)
     shapes = {}
     for batch, (n, c, h, w) in UNPOOL_SHAPE.items():
