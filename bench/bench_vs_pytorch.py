@@ -1191,6 +1191,9 @@ def torch_only(label, net_path, solver_path, a):
     row = {"net": label, "file": str(net_path), "mode": "torch-only", "device": str(dev),
            "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
            "torch": torch.__version__, "tf32": False if dev.type == "cuda" else None,
+           # cuDNN's own algorithm choice (no benchmark search), as Caffe's heuristics pick
+           "cudnn": torch.backends.cudnn.version() if dev.type == "cuda" else None,
+           "cudnn_benchmark": torch.backends.cudnn.benchmark if dev.type == "cuda" else None,
            "threads": a.threads if dev.type == "cpu" else None,
            "batch": data[0][1][0] if data else None, "input_shapes": {t: sh for t, sh, *_ in inputs},
            "solver": s["type"], "warmup": a.warmup, "iters": a.iters,
