@@ -18,6 +18,10 @@ file, so .venv stays as the product's requirements make it:
     .venv-bench/bin/python bench/bench_vs_pytorch.py --standard [--rows svgg,vgg64,ladder]
     .venv-bench/bin/python bench/bench_vs_pytorch.py OUT/VARIANT/train_val.prototxt [--input C,H,W]
 
+--torch-only [--device cuda] times PyTorch alone (no Caffe, no pycaffe, numpy
+optional; weights from the prototxt's fillers): what tools/gpu_check.py runs
+on the GPU machine, with a bundle's python/ (caffe_pb2, protobuf) on PYTHONPATH.
+
 What is compared:
 - data layers (Data, ImageData, ScaleJitterData, ...) are replaced by fixed
   random input blobs of the same shapes (Input layers on the Caffe side; the
