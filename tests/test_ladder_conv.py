@@ -389,6 +389,21 @@ def _one_line(capsys):
     return err
 
 
+def _refused(changes, message, tmp_path, capsys, *args):
+    """TINY with ``changes`` applied: generate refuses it in one line naming
+    the file and ``message``, and writes nothing."""
+    net = TINY
+    for old, new in changes:
+        assert old in net
+        net = net.replace(old, new)
+    bad = tmp_path / "bad.prototxt"
+    bad.write_text(net)
+    assert _generate(tmp_path / "out", bad, "--labeled-source", "/x/l", "--train-source", "/x/u", *args) == 2
+    err = _one_line(capsys)
+    assert str(bad) in err and message in err, err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("changes, message", [
     ((), "--lambdas: --variant full on the convolutional encoder"),
     ((('layer { name: "fc"', 'layer { name: "side" type: "Convolution" bottom: "pool1" top: "side" '
@@ -411,18 +426,7 @@ def _one_line(capsys):
      "layer 'pool2': the output layer gives 4x2x2; the softmax needs one value per class"),
 ])
 def test_bad_conv_encoders_are_named(changes, message, tmp_path, capsys):
-    net = TINY
-    for old, new in changes:
-        assert old in net
-        net = net.replace(old, new)
-    bad = tmp_path / "bad.prototxt"
-    bad.write_text(net)
-    variant = "gamma" if changes else "full"
-    assert _generate(tmp_path / "out", bad, "--variant", variant, "--labeled-source", "/x/l",
-                     "--train-source", "/x/u") == 2
-    err = _one_line(capsys)
-    assert str(bad) in err and message in err, err
-    assert not (tmp_path / "out").exists()
+    _refused(changes, message, tmp_path, capsys, "--variant", "gamma" if changes else "full")
 
 
 # --------------------------------------------------------------------------
@@ -584,14 +588,4 @@ def test_full_conv_ladder_learns(tmp_path):
      "layer 'conv1': --variant full: the decoder's deconvolution gives 11x11 from 3x7x7, not the 12x12"),
 ])
 def test_full_conv_ladders_that_cannot_mirror(changes, message, tmp_path, capsys):
-    net = TINY
-    for old, new in changes:
-        assert old in net
-        net = net.replace(old, new)
-    bad = tmp_path / "bad.prototxt"
-    bad.write_text(net)
-    assert _generate(tmp_path / "out", bad, "--variant", "full", "--labeled-source", "/x/l", "--train-source",
-                     "/x/u", "--lambdas", "1,1,1,1,1,1") == 2
-    err = _one_line(capsys)
-    assert str(bad) in err and message in err, err
-    assert not (tmp_path / "out").exists()
+    _refused(changes, message, tmp_path, capsys, "--variant", "full", "--lambdas", "1,1,1,1,1,1")
