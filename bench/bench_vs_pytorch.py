@@ -350,6 +350,19 @@ def loss_weights(l):
     return [(t, w) for t, w in zip(l.top, ws) if w != 0]
 
 
+def training_steps(tnet, opt):
+    """(forward + backward, forward + backward + update) of a TorchNet, the
+    two iterations the benchmark times."""
+    def fwd_bwd():
+        opt.zero_grad()
+        tnet.forward().backward()
+
+    def step():
+        fwd_bwd()
+        opt.step()
+    return fwd_bwd, step
+
+
 def timed_loop(fn, warmup, iters, sync=None):
     """Seconds of each of `iters` calls of fn after `warmup` calls; sync
     (torch.cuda.synchronize) around each timed call: CUDA runs asynchronously."""
@@ -1051,15 +1064,7 @@ def worker_torch(spec):
         result["flops"] = tnet.flops
         del tnet
     tnet = TorchNet(protos.read_net(spec["timed_net"]), weights_npz, meta, inputs)
-    opt = torch_optimizer(torch, tnet, timing_settings(spec["solver_settings"]))
-
-    def fwd_bwd():
-        opt.zero_grad()
-        tnet.forward().backward()
-
-    def step():
-        fwd_bwd()
-        opt.step()
+    fwd_bwd, step = training_steps(tnet, torch_optimizer(torch, tnet, timing_settings(spec["solver_settings"])))
     result["fwd_bwd"] = timed_loop(fwd_bwd, spec["warmup"], spec["iters"])
     result["flops_timed"] = tnet.flops
     if spec["solver"]:
@@ -1178,15 +1183,7 @@ def torch_only(label, net_path, solver_path, a):
     arrays = torch_inputs(torch, inputs, a.classes, a.seed)
     weights, meta = torch_weights(torch, timed, arrays, a.seed, dev)
     tnet = TorchNet(timed, weights, meta, arrays, dev)
-    opt = torch_optimizer(torch, tnet, timing_settings(s))
-
-    def fwd_bwd():
-        opt.zero_grad()
-        tnet.forward().backward()
-
-    def step():
-        fwd_bwd()
-        opt.step()
+    fwd_bwd, step = training_steps(tnet, torch_optimizer(torch, tnet, timing_settings(s)))
     fb = timed_loop(fwd_bwd, a.warmup, a.iters, sync)
     st = timed_loop(step, 1, a.iters, sync) if not a.no_solver else []
     with torch.no_grad():
