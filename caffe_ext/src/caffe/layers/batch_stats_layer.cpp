@@ -1,9 +1,14 @@
 #include <vector>
 
 #include "caffe/layers/batch_stats_layer.hpp"
+#include "caffe/util/cpu_threads.hpp"
 #include "caffe/util/math_functions.hpp"
 
 namespace caffe {
+
+// Planes in blocks over the CPU threads (caffe/util/cpu_threads.hpp) when a
+// thread gets at least this many values; below it a hand-off costs more.
+const int kValuesPerThread = 1 << 15;
 
 template <typename Dtype>
 void BatchStatsLayer<Dtype>::LayerSetUp(const vector<Blob<Dtype>*>& bottom,
@@ -109,9 +114,13 @@ void BatchStatsLayer<Dtype>::Forward_cpu(const vector<Blob<Dtype>*>& bottom,
   const Dtype* x = bottom[0]->cpu_data();
   channel_sum_.Sum(Dtype(1) / count_, x, Dtype(0), mean);
   Dtype* centered = centered_.mutable_cpu_data();
-  for (int i = 0; i < bottom[0]->count(); ++i) {
-    centered[i] = x[i] - mean[(i / spatial_) % channels_];
-  }
+  const int spatial = spatial_;
+  ForEachPlane(num_ * channels_, channels_, spatial, kValuesPerThread,
+      [=](int offset, int c) {
+    for (int i = offset; i < offset + spatial; ++i) {
+      centered[i] = x[i] - mean[c];
+    }
+  });
   caffe_sqr(bottom[0]->count(), centered, squares_.mutable_cpu_data());
   channel_sum_.Sum(Dtype(1) / VarianceDivisor(), squares_.cpu_data(),
                    Dtype(0), var);
@@ -134,10 +143,13 @@ void BatchStatsLayer<Dtype>::Backward_cpu(const vector<Blob<Dtype>*>& top,
   const Dtype* centered = centered_.cpu_data();
   const Dtype mean_scale = Dtype(1) / count_;
   const Dtype var_scale = Dtype(2) / VarianceDivisor();
-  for (int i = 0; i < bottom[0]->count(); ++i) {
-    const int c = (i / spatial_) % channels_;
-    dx[i] = dmean[c] * mean_scale + dvar[c] * var_scale * centered[i];
-  }
+  const int spatial = spatial_;
+  ForEachPlane(num_ * channels_, channels_, spatial, kValuesPerThread,
+      [=](int offset, int c) {
+    for (int i = offset; i < offset + spatial; ++i) {
+      dx[i] = dmean[c] * mean_scale + dvar[c] * var_scale * centered[i];
+    }
+  });
 }
 
 #ifdef CPU_ONLY

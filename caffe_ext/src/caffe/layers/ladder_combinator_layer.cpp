@@ -4,9 +4,14 @@
 
 #include "caffe/filler.hpp"
 #include "caffe/layers/ladder_combinator_layer.hpp"
+#include "caffe/util/cpu_threads.hpp"
 #include "caffe/util/math_functions.hpp"
 
 namespace caffe {
+
+// Values in blocks over the CPU threads (caffe/util/cpu_threads.hpp) when a
+// thread gets at least this many (each costs two exp).
+const int kValuesPerThread = 1 << 13;
 
 template <typename Dtype>
 FillerParameter LadderCombinatorLayer<Dtype>::ParamFiller(int k) const {
@@ -113,14 +118,17 @@ void LadderCombinatorLayer<Dtype>::Forward_cpu(
   const Dtype* z = bottom[0]->cpu_data();
   const Dtype* u = bottom[1]->cpu_data();
   Dtype* out = top[0]->mutable_cpu_data();
-  for (int i = 0; i < bottom[0]->count(); ++i) {
-    const int d = (i / inner_) % dim_;
-    const Dtype mu = a[0][d] * LadderSigmoid(a[1][d] * u[i] + a[2][d]) +
-        a[3][d] * u[i] + a[4][d];
-    const Dtype v = a[5][d] * LadderSigmoid(a[6][d] * u[i] + a[7][d]) +
-        a[8][d] * u[i] + a[9][d];
-    out[i] = (z[i] - mu) * v + mu;
-  }
+  const int inner = inner_;
+  ForEachPlane(outer_ * dim_, dim_, inner, kValuesPerThread,
+      [&](int offset, int d) {
+    for (int i = offset; i < offset + inner; ++i) {
+      const Dtype mu = a[0][d] * LadderSigmoid(a[1][d] * u[i] + a[2][d]) +
+          a[3][d] * u[i] + a[4][d];
+      const Dtype v = a[5][d] * LadderSigmoid(a[6][d] * u[i] + a[7][d]) +
+          a[8][d] * u[i] + a[9][d];
+      out[i] = (z[i] - mu) * v + mu;
+    }
+  });
 }
 
 template <typename Dtype>
@@ -139,33 +147,43 @@ void LadderCombinatorLayer<Dtype>::Backward_cpu(
   const Dtype* top_diff = top[0]->cpu_diff();
   Dtype* dz = propagate_down[0] ? bottom[0]->mutable_cpu_diff() : NULL;
   Dtype* du = propagate_down[1] ? bottom[1]->mutable_cpu_diff() : NULL;
-  for (int i = 0; i < bottom[0]->count(); ++i) {
-    const int d = (i / inner_) % dim_;
-    const Dtype s1 = LadderSigmoid(a[1][d] * u[i] + a[2][d]);
-    const Dtype s2 = LadderSigmoid(a[6][d] * u[i] + a[7][d]);
-    const Dtype mu = a[0][d] * s1 + a[3][d] * u[i] + a[4][d];
-    const Dtype v = a[5][d] * s2 + a[8][d] * u[i] + a[9][d];
-    // d top / d mu = 1 - v, d top / d v = z~ - mu; d sigmoid = s (1 - s).
-    const Dtype g_mu = top_diff[i] * (1 - v);
-    const Dtype g_v = top_diff[i] * (z[i] - mu);
-    const Dtype ds1 = a[0][d] * s1 * (1 - s1);  // d mu / d(a2 u + a3)
-    const Dtype ds2 = a[5][d] * s2 * (1 - s2);  // d v / d(a7 u + a8)
-    if (dz) {
-      dz[i] = top_diff[i] * v;
-    }
-    if (du) {
-      du[i] = g_mu * (ds1 * a[1][d] + a[3][d]) +
-          g_v * (ds2 * a[6][d] + a[8][d]);
-    }
-    const Dtype terms[kNumParams] = {
-        g_mu * s1, g_mu * ds1 * u[i], g_mu * ds1, g_mu * u[i], g_mu,
-        g_v * s2, g_v * ds2 * u[i], g_v * ds2, g_v * u[i], g_v};
-    for (int k = 0; k < kNumParams; ++k) {
-      if (da[k]) {
-        da[k][d] += terms[k];
+  // The units (or channels) d in blocks over the CPU threads: the parameter
+  // gradients of d are summed by one thread, over i in the serial order.
+  ParallelFor(ThreadsFor(bottom[0]->count(), kValuesPerThread), dim_,
+      [&](int t, int d_begin, int d_end) {
+    for (int o = 0; o < outer_; ++o) {
+      for (int d = d_begin; d < d_end; ++d) {
+        const int begin = (o * dim_ + d) * inner_;
+        for (int i = begin; i < begin + inner_; ++i) {
+          const Dtype s1 = LadderSigmoid(a[1][d] * u[i] + a[2][d]);
+          const Dtype s2 = LadderSigmoid(a[6][d] * u[i] + a[7][d]);
+          const Dtype mu = a[0][d] * s1 + a[3][d] * u[i] + a[4][d];
+          const Dtype v = a[5][d] * s2 + a[8][d] * u[i] + a[9][d];
+          // d top / d mu = 1 - v, d top / d v = z~ - mu; d sigmoid =
+          // s (1 - s).
+          const Dtype g_mu = top_diff[i] * (1 - v);
+          const Dtype g_v = top_diff[i] * (z[i] - mu);
+          const Dtype ds1 = a[0][d] * s1 * (1 - s1);  // d mu / d(a2 u + a3)
+          const Dtype ds2 = a[5][d] * s2 * (1 - s2);  // d v / d(a7 u + a8)
+          if (dz) {
+            dz[i] = top_diff[i] * v;
+          }
+          if (du) {
+            du[i] = g_mu * (ds1 * a[1][d] + a[3][d]) +
+                g_v * (ds2 * a[6][d] + a[8][d]);
+          }
+          const Dtype terms[kNumParams] = {
+              g_mu * s1, g_mu * ds1 * u[i], g_mu * ds1, g_mu * u[i], g_mu,
+              g_v * s2, g_v * ds2 * u[i], g_v * ds2, g_v * u[i], g_v};
+          for (int k = 0; k < kNumParams; ++k) {
+            if (da[k]) {
+              da[k][d] += terms[k];
+            }
+          }
+        }
       }
     }
-  }
+  });
 }
 
 #ifdef CPU_ONLY

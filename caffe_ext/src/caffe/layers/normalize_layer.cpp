@@ -3,9 +3,14 @@
 #include <vector>
 
 #include "caffe/layers/normalize_layer.hpp"
+#include "caffe/util/cpu_threads.hpp"
 #include "caffe/util/math_functions.hpp"
 
 namespace caffe {
+
+// Planes in blocks over the CPU threads (caffe/util/cpu_threads.hpp) when a
+// thread gets at least this many values; below it a hand-off costs more.
+const int kValuesPerThread = 1 << 15;
 
 template <typename Dtype>
 void NormalizeLayer<Dtype>::LayerSetUp(const vector<Blob<Dtype>*>& bottom,
@@ -48,16 +53,19 @@ void NormalizeLayer<Dtype>::Forward_cpu(const vector<Blob<Dtype>*>& bottom,
     r[c] = 1 / std::sqrt(var[c] + eps_);
   }
   Dtype* y = top[0]->mutable_cpu_data();
-  for (int i = 0; i < bottom[0]->count(); ++i) {
-    const int c = (i / spatial_) % channels_;
-    y[i] = (x[i] - mean[c]) * r[c];
-  }
+  const int spatial = spatial_;
+  ForEachPlane(num_ * channels_, channels_, spatial, kValuesPerThread,
+      [=](int offset, int c) {
+    for (int i = offset; i < offset + spatial; ++i) {
+      y[i] = (x[i] - mean[c]) * r[c];
+    }
+  });
 }
 
 template <typename Dtype>
 void NormalizeLayer<Dtype>::Backward_cpu(const vector<Blob<Dtype>*>& top,
       const vector<bool>& propagate_down, const vector<Blob<Dtype>*>& bottom) {
-  const int count = bottom[0]->count();
+  const int spatial = spatial_;
   const Dtype* dy = top[0]->cpu_diff();
   const Dtype* r = inv_std_.cpu_data();
   if (propagate_down[1]) {  // dmean_c = -r_c sum dy
@@ -71,10 +79,12 @@ void NormalizeLayer<Dtype>::Backward_cpu(const vector<Blob<Dtype>*>& top,
     const Dtype* x = bottom[0]->cpu_data();
     const Dtype* mean = bottom[1]->cpu_data();
     Dtype* products = products_.mutable_cpu_data();
-    for (int i = 0; i < count; ++i) {
-      const int c = (i / spatial_) % channels_;
-      products[i] = dy[i] * (x[i] - mean[c]) * r[c];
-    }
+    ForEachPlane(num_ * channels_, channels_, spatial, kValuesPerThread,
+        [=](int offset, int c) {
+      for (int i = offset; i < offset + spatial; ++i) {
+        products[i] = dy[i] * (x[i] - mean[c]) * r[c];
+      }
+    });
     Dtype* dvar = bottom[2]->mutable_cpu_diff();
     channel_sum_.Sum(Dtype(1), products, Dtype(0), dvar);
     for (int c = 0; c < channels_; ++c) {
@@ -83,9 +93,12 @@ void NormalizeLayer<Dtype>::Backward_cpu(const vector<Blob<Dtype>*>& top,
   }
   if (propagate_down[0]) {  // dx = r_c dy
     Dtype* dx = bottom[0]->mutable_cpu_diff();
-    for (int i = 0; i < count; ++i) {
-      dx[i] = dy[i] * r[(i / spatial_) % channels_];
-    }
+    ForEachPlane(num_ * channels_, channels_, spatial, kValuesPerThread,
+        [=](int offset, int c) {
+      for (int i = offset; i < offset + spatial; ++i) {
+        dx[i] = dy[i] * r[c];
+      }
+    });
   }
 }
 

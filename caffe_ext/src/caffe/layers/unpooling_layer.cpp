@@ -5,11 +5,16 @@
 #include <vector>
 
 #include "caffe/layers/unpooling_layer.hpp"
+#include "caffe/util/cpu_threads.hpp"
 #include "caffe/util/math_functions.hpp"
 
 namespace caffe {
 
 namespace {
+
+// The fast paths' planes go over the CPU threads when the output has at least
+// this many values per thread (below it a hand-off costs more).
+const int kValuesPerThread = 1 << 15;
 
 // CPU fast path for non-overlapping windows (kernel <= stride in both
 // dimensions): each location receives at most one value, so the output is
@@ -283,84 +288,91 @@ void UnpoolingLayer<Dtype>::Forward_cpu(const vector<Blob<Dtype>*>& bottom,
   if (!overlapping_ && !need_count_) {
     // Fast path (UnpoolRow; short rows: per band of rows, below): rows in
     // order, each written once. Output rows outside every window (gaps
-    // when stride > kernel, rows past the last window) are zeros. Known switches are checked per pooled row by
-    // counting the values that landed: a switch inside its window lands in
-    // exactly one row of the window, any other in none.
+    // when stride > kernel, rows past the last window) are zeros. Known
+    // switches are checked per pooled row by counting the values that
+    // landed: a switch inside its window lands in exactly one row of the
+    // window, any other in none.
     const RowGeometry g(width_, pooled_width_, kernel_w_, stride_w_, pad_w_,
                         offset_w_);
     const bool short_rows = pooled_width_ < 8;
-    for (int p = 0; p < planes; ++p) {
-      int h = 0;
-      for (int ph = 0; ph < pooled_height_; ++ph) {
-        const int hstart = ph * stride_h_ - pad_h_;
-        const int lo = std::min(std::max(hstart, 0), height_);
-        const int hi = std::max(std::min(hstart + kernel_h_, height_), lo);
-        std::fill(out + h * width_, out + lo * width_, Dtype(0));
-        const Dtype* v = values + ph * pooled_width_;
-        const Dtype* s = switches ? switches + ph * pooled_width_ : NULL;
-        int hits = 0;
-        if (short_rows) {
-          // Rows too short for the vectorised row loop (VGG's pool5: 7
-          // windows): the band of rows [lo, hi), contiguous and in cache, is
-          // zeroed, then each value placed in it.
-          Dtype* band = out + lo * width_;
-          std::fill(band, out + hi * width_, Dtype(0));
-          const unsigned band_size = static_cast<unsigned>((hi - lo) * width_);
-          for (int pw = 0; pw < pooled_width_; ++pw) {
-            const int wstart = pw * stride_w_ - pad_w_;
-            unsigned r;  // flat index in the band
+    // the planes in blocks over the CPU threads (caffe/util/cpu_threads.hpp)
+    const Dtype* const values_0 = values;
+    const Dtype* const switches_0 = switches;
+    Dtype* const out_0 = out;
+    ParallelFor(ThreadsFor(top[0]->count(), kValuesPerThread), planes,
+        [&](int t, int begin, int end) {
+      for (int p = begin; p < end; ++p) {
+        const Dtype* values = values_0 + p * plane_in;
+        const Dtype* switches = switches_0 ? switches_0 + p * plane_in : NULL;
+        Dtype* out = out_0 + p * plane_out;
+        int h = 0;
+        for (int ph = 0; ph < pooled_height_; ++ph) {
+          const int hstart = ph * stride_h_ - pad_h_;
+          const int lo = std::min(std::max(hstart, 0), height_);
+          const int hi = std::max(std::min(hstart + kernel_h_, height_), lo);
+          std::fill(out + h * width_, out + lo * width_, Dtype(0));
+          const Dtype* v = values + ph * pooled_width_;
+          const Dtype* s = switches ? switches + ph * pooled_width_ : NULL;
+          int hits = 0;
+          if (short_rows) {
+            // Rows too short for the vectorised row loop (VGG's pool5: 7
+            // windows): the band of rows [lo, hi), contiguous and in cache, is
+            // zeroed, then each value placed in it.
+            Dtype* band = out + lo * width_;
+            std::fill(band, out + hi * width_, Dtype(0));
+            const unsigned band_size =
+                static_cast<unsigned>((hi - lo) * width_);
+            for (int pw = 0; pw < pooled_width_; ++pw) {
+              const int wstart = pw * stride_w_ - pad_w_;
+              unsigned r;  // flat index in the band
+              if (known_switches_) {
+                r = static_cast<unsigned>(static_cast<int>(s[pw])) -
+                    static_cast<unsigned>(lo * width_);
+              } else {
+                const int fh = hstart + offset_h_, fw = wstart + offset_w_;
+                if (fh < 0 || fw < 0 || fh >= height_ || fw >= width_) {
+                  continue;  // the fixed cell lies in the padding: dropped
+                }
+                r = static_cast<unsigned>((fh - lo) * width_ + fw);
+              }
+              if (r < band_size) {
+                const int c = static_cast<int>(r % width_);
+                if (c >= wstart && c < wstart + kernel_w_) {
+                  band[r] = v[pw] + Dtype(0);
+                  ++hits;
+                }
+              }
+            }
+          }
+          for (h = short_rows ? hi : lo; h < hi; ++h) {
             if (known_switches_) {
-              r = static_cast<unsigned>(static_cast<int>(s[pw])) -
-                  static_cast<unsigned>(lo * width_);
+              hits += UnpoolRow<Dtype, true>(v, s, g, h * width_,
+                  out + h * width_);
+            } else if (h == hstart + offset_h_) {
+              UnpoolRow<Dtype, false>(v, NULL, g, h * width_, out + h * width_);
             } else {
-              const int fh = hstart + offset_h_, fw = wstart + offset_w_;
-              if (fh < 0 || fw < 0 || fh >= height_ || fw >= width_) {
-                continue;  // the fixed cell lies in the padding: dropped
-              }
-              r = static_cast<unsigned>((fh - lo) * width_ + fw);
-            }
-            if (r < band_size) {
-              const int c = static_cast<int>(r % width_);
-              if (c >= wstart && c < wstart + kernel_w_) {
-                band[r] = v[pw] + Dtype(0);
-                ++hits;
-              }
+              std::fill(out + h * width_, out + (h + 1) * width_, Dtype(0));
             }
           }
-        }
-        for (h = short_rows ? hi : lo; h < hi; ++h) {
-          if (known_switches_) {
-            hits += UnpoolRow<Dtype, true>(v, s, g, h * width_,
-                out + h * width_);
-          } else if (h == hstart + offset_h_) {
-            UnpoolRow<Dtype, false>(v, NULL, g, h * width_, out + h * width_);
-          } else {
-            std::fill(out + h * width_, out + (h + 1) * width_, Dtype(0));
+          if (known_switches_ && hits != pooled_width_) {
+            // The first switch of this row outside its window (raster order,
+            // as the generic path reports it).
+            for (int pw = 0; pw < pooled_width_; ++pw) {
+              const int wstart = pw * stride_w_ - pad_w_;
+              const int si = static_cast<int>(s[pw]);
+              const int sh = si / width_;
+              const int sw = si % width_;
+              CHECK(si >= 0 && si < plane_out && sh >= hstart && sw >= wstart
+                    && sh < hstart + kernel_h_ && sw < wstart + kernel_w_)
+                  << SwitchOutsideWindow(s[pw], p, ph, pw);
+            }
+            LOG(FATAL) << Where() << "switch count mismatch in plane " << p
+                << ", pooled row " << ph;
           }
         }
-        if (known_switches_ && hits != pooled_width_) {
-          // The first switch of this row outside its window (raster order,
-          // as the generic path reports it).
-          for (int pw = 0; pw < pooled_width_; ++pw) {
-            const int wstart = pw * stride_w_ - pad_w_;
-            const int si = static_cast<int>(s[pw]);
-            const int sh = si / width_;
-            const int sw = si % width_;
-            CHECK(si >= 0 && si < plane_out && sh >= hstart && sw >= wstart
-                  && sh < hstart + kernel_h_ && sw < wstart + kernel_w_)
-                << SwitchOutsideWindow(s[pw], p, ph, pw);
-          }
-          LOG(FATAL) << Where() << "switch count mismatch in plane " << p
-              << ", pooled row " << ph;
-        }
+        std::fill(out + h * width_, out + plane_out, Dtype(0));
       }
-      std::fill(out + h * width_, out + plane_out, Dtype(0));
-      values += plane_in;
-      if (switches) {
-        switches += plane_in;
-      }
-      out += plane_out;
-    }
+    });
     return;
   }
   // Generic path: overlapping windows (several values may land on one
@@ -456,30 +468,37 @@ void UnpoolingLayer<Dtype>::Backward_cpu(const vector<Blob<Dtype>*>& top,
     // Non-overlapping windows: no count to divide by; the gradient of each
     // value is the top diff where it landed (0 for a fixed cell dropped in
     // the padding). Switches are trusted, as below: Forward checked them.
-    for (int p = 0; p < planes; ++p) {
-      if (known_switches_) {
-        for (int i = 0; i < plane_in; ++i) {
-          diff[i] = top_diff[static_cast<int>(switches[i])];
-        }
-        switches += plane_in;
-      } else {
-        for (int ph = 0; ph < pooled_height_; ++ph) {
-          const int h = ph * stride_h_ - pad_h_ + offset_h_;
-          Dtype* d = diff + ph * pooled_width_;
-          if (h < 0 || h >= height_) {
-            std::fill(d, d + pooled_width_, Dtype(0));
-            continue;
+    // The planes in blocks over the CPU threads.
+    const Dtype* const switches_0 = switches;
+    const Dtype* const top_diff_0 = top_diff;
+    Dtype* const diff_0 = diff;
+    ParallelFor(ThreadsFor(top[0]->count(), kValuesPerThread), planes,
+        [&](int t, int begin, int end) {
+      for (int p = begin; p < end; ++p) {
+        const Dtype* switches = switches_0 ? switches_0 + p * plane_in : NULL;
+        const Dtype* top_diff = top_diff_0 + p * plane_out;
+        Dtype* diff = diff_0 + p * plane_in;
+        if (known_switches_) {
+          for (int i = 0; i < plane_in; ++i) {
+            diff[i] = top_diff[static_cast<int>(switches[i])];
           }
-          const Dtype* t = top_diff + h * width_;
-          for (int pw = 0; pw < pooled_width_; ++pw) {
-            const int w = pw * stride_w_ - pad_w_ + offset_w_;
-            d[pw] = (w >= 0 && w < width_) ? t[w] : Dtype(0);
+        } else {
+          for (int ph = 0; ph < pooled_height_; ++ph) {
+            const int h = ph * stride_h_ - pad_h_ + offset_h_;
+            Dtype* d = diff + ph * pooled_width_;
+            if (h < 0 || h >= height_) {
+              std::fill(d, d + pooled_width_, Dtype(0));
+              continue;
+            }
+            const Dtype* t = top_diff + h * width_;
+            for (int pw = 0; pw < pooled_width_; ++pw) {
+              const int w = pw * stride_w_ - pad_w_ + offset_w_;
+              d[pw] = (w >= 0 && w < width_) ? t[w] : Dtype(0);
+            }
           }
         }
       }
-      diff += plane_in;
-      top_diff += plane_out;
-    }
+    });
     return;
   }
   for (int p = 0; p < planes; ++p) {

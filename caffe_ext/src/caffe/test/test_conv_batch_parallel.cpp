@@ -1,12 +1,11 @@
 // recon-dec: the batch-parallel CPU paths of Convolution and Deconvolution
-// (patch 0006: the images of a batch over threads, as many as OpenBLAS is
-// set to) give the serial path's outputs and gradients: forward and data
+// (patch 0006: the images of a batch over CpuThreads() threads, on the pool of
+// caffe/util/cpu_threads.hpp) give the serial path's outputs and gradients: forward and data
 // gradients exactly (each image is the same single-threaded computation),
 // weight and bias gradients within float rounding (summed per thread, then
 // over threads); 3x3 (strided, grouped) and 1x1 kernels, one and two
 // bottoms, more threads than images; and their gradients pass an exhaustive
-// GradientChecker with 1 and 3 threads. With another BLAS than OpenBLAS the
-// thread count cannot be set and every run is the serial path.
+// GradientChecker with 1 and 3 threads.
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -19,24 +18,13 @@
 #include "caffe/layers/base_conv_layer.hpp"
 #include "caffe/layers/conv_layer.hpp"
 #include "caffe/layers/deconv_layer.hpp"
+#include "caffe/util/cpu_threads.hpp"
 #include "caffe/util/math_functions.hpp"
 
 #include "caffe/test/test_caffe_main.hpp"
 #include "caffe/test/test_gradient_check_util.hpp"
 
 namespace caffe {
-
-// OpenBLAS (and so the batch-parallel paths) at `threads` threads while alive.
-class ScopedBlasThreads {
- public:
-  explicit ScopedBlasThreads(int threads) : saved_(OpenBlasThreads()) {
-    SetOpenBlasThreads(threads);
-  }
-  ~ScopedBlasThreads() { SetOpenBlasThreads(saved_); }
-
- private:
-  int saved_;
-};
 
 template <typename Dtype>
 class ConvBatchParallelTest : public CPUDeviceTest<Dtype> {
@@ -72,7 +60,7 @@ class ConvBatchParallelTest : public CPUDeviceTest<Dtype> {
   }
 
   // Forward and backward of a fresh layer (same seed: same weights) on
-  // `bottoms` bottoms at `threads` OpenBLAS threads; returns each top's
+  // `bottoms` bottoms at `threads` CPU threads; returns each top's
   // data, each bottom's diff, the weight diff and the bias diff.
   vector<vector<Dtype> > Run(bool deconv, const LayerParameter& p,
                              int bottoms, int threads) {
@@ -86,7 +74,7 @@ class ConvBatchParallelTest : public CPUDeviceTest<Dtype> {
         static_cast<Layer<Dtype>*>(new DeconvolutionLayer<Dtype>(p)) :
         static_cast<Layer<Dtype>*>(new ConvolutionLayer<Dtype>(p)));
     layer->SetUp(bottom_vec, top_vec);
-    ScopedBlasThreads scoped(threads);
+    ScopedCpuThreads scoped(threads);
     layer->Forward(bottom_vec, top_vec);
     FillerParameter filler_param;  // random top diffs
     filler_param.set_std(1);
@@ -156,7 +144,7 @@ class ConvBatchParallelTest : public CPUDeviceTest<Dtype> {
     vector<Blob<Dtype>*> bottom_vec(1, &bottom), top_vec(1, &top);
     LayerParameter p = Param(3, 2, 2);
     p.mutable_convolution_param()->set_num_output(2);
-    ScopedBlasThreads scoped(threads);
+    ScopedCpuThreads scoped(threads);
     GradientChecker<Dtype> checker(1e-2, 1e-3);
     if (deconv) {
       DeconvolutionLayer<Dtype> layer(p);
