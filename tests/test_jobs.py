@@ -173,3 +173,25 @@ def test_demo_jobs_option():
         cli.build_parser().parse_args(["demo", "--jobs", "0"])
     assert e.value.code == 2
     assert jobs.usable_cores() == len(os.sched_getaffinity(0))
+
+
+def test_single_blas_thread_reaches_caffe_already_loaded():
+    # Caffe's CPU pool (patch 0006) takes its thread count from OpenBLAS once,
+    # at first use; a process that used pycaffe at 2 threads and then asks for
+    # one thread must get one in Caffe too, not only in OpenBLAS.
+    code = (
+        "import ctypes, os\n"
+        "import caffe\n"
+        "from recon_dec.runners import jobs\n"
+        "lib = ctypes.CDLL('libcaffe.so.1.0.0', mode=os.RTLD_NOLOAD | os.RTLD_LAZY)\n"
+        "blas = ctypes.CDLL('libopenblas.so.0', mode=os.RTLD_NOLOAD | os.RTLD_LAZY)\n"
+        "before = lib.caffe_cpu_threads(), blas.openblas_get_num_threads()\n"
+        "jobs.single_blas_thread()\n"
+        "print(before, (lib.caffe_cpu_threads(), blas.openblas_get_num_threads()),\n"
+        "      os.environ['OPENBLAS_NUM_THREADS'])\n")
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="2")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    # before: Caffe read 2 and set OpenBLAS itself to one thread
+    assert out.stdout.split() == ["(2,", "1)", "(1,", "1)", "1"], out.stdout

@@ -9,9 +9,9 @@ loop would. For N > 1 every job runs in a forked child process:
 
 - its stdout / stderr lines are prefixed with ``[job name]``, and it sees no
   terminal (progress bars stay off);
-- OpenBLAS runs one thread in it (OPENBLAS_NUM_THREADS=1, also for the
-  ``caffe`` processes it starts): N jobs then use N cores without the BLAS
-  threads of one fighting the others';
+- Caffe and OpenBLAS run one CPU thread in it (OPENBLAS_NUM_THREADS=1, also
+  for the ``caffe`` processes it starts): N jobs then use N cores without
+  the threads of one fighting the others';
 - it is in its own process group, so a terminal's Ctrl-C reaches only this
   process, which passes one SIGINT to every running job (``caffe train``
   then snapshots and stops, as ``recon-dec train`` does on Ctrl-C) and waits
@@ -19,8 +19,8 @@ loop would. For N > 1 every job runs in a forked child process:
 - the first job to fail stops the others the same way; the jobs not yet
   started never start, and the job's own one-line error is raised here.
 
-Caffe's results depend on its BLAS thread count (weight gradients are summed
-per thread): a caller that wants the same numbers for every N sets one BLAS
+Caffe's results depend on its CPU thread count (weight gradients are summed
+per thread): a caller that wants the same numbers for every N sets one
 thread for N = 1 too (``single_blas_thread``)."""
 import ctypes
 import os
@@ -56,19 +56,23 @@ def usable_cores():
 
 
 def single_blas_thread():
-    """One OpenBLAS thread from now on in this process and the processes it
-    starts: the environment variable for those not started yet, and
-    openblas_set_num_threads for a libopenblas already loaded here (pycaffe)."""
+    """One CPU thread for Caffe and OpenBLAS from now on, in this process and
+    the processes it starts: the environment variable for those not started
+    yet (Caffe reads its thread count from OpenBLAS, once), and for libraries
+    loaded here already (pycaffe) openblas_set_num_threads and Caffe's own
+    caffe_set_cpu_threads (patch 0006: its pool has kept the count it read)."""
     os.environ["OPENBLAS_NUM_THREADS"] = "1"
-    for name in ("libopenblas.so.0", "libopenblas.so"):
-        try:  # RTLD_NOLOAD: only a library that is loaded already, never load one
-            lib = ctypes.CDLL(name, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
-        except OSError:
-            continue
-        setter = getattr(lib, "openblas_set_num_threads", None)
-        if setter is not None:
-            setter(1)
-        return
+    for names, setter_name in ((("libopenblas.so.0", "libopenblas.so"), "openblas_set_num_threads"),
+                               (("libcaffe.so.1.0.0",), "caffe_set_cpu_threads")):
+        for name in names:
+            try:  # RTLD_NOLOAD: only a library that is loaded already, never load one
+                lib = ctypes.CDLL(name, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+            except OSError:
+                continue
+            setter = getattr(lib, setter_name, None)
+            if setter is not None:
+                setter(1)
+            break
 
 
 def run(jobs, n=None):

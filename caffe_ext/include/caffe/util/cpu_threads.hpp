@@ -20,7 +20,11 @@ namespace caffe {
  */
 int CpuThreads();
 
-/** Sets the count (>= 1) for the whole process; the pool grows to match. */
+/**
+ * Sets the count (>= 1) for the whole process; the pool grows to match.
+ * Also callable as extern "C" caffe_set_cpu_threads (and the count read as
+ * caffe_cpu_threads) from Python's ctypes.
+ */
 void SetCpuThreads(int threads);
 
 /** CpuThreads() set to `threads` while alive (tests, benchmarks). */

@@ -187,3 +187,13 @@ void ParallelFor(int threads, int n,
 }
 
 }  // namespace caffe
+
+// C entries for Python's ctypes (pycaffe has no binding): recon-dec's job
+// runner sets one thread in a process that may have used Caffe already.
+extern "C" int caffe_cpu_threads() {
+  return caffe::CpuThreads();
+}
+
+extern "C" void caffe_set_cpu_threads(int threads) {
+  caffe::SetCpuThreads(threads);
+}
