@@ -289,7 +289,7 @@ def test_unpooling_gtests(device):
     "Im2colLayerTest", "InnerProductLayerTest", "EuclideanLossLayerTest",
     "SoftmaxWithLossLayerTest",
     "NetTest", "SGDSolverTest", "ReshapeLayerTest", "NeuronLayerTest",
-    "NetUpgradeTest",
+    "NetUpgradeTest", "BiasLayerTest",
 ])
 def test_upstream_gtests(suite, device):
     gtest_filter, _ = selection([suite], device)
