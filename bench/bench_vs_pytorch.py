@@ -109,7 +109,7 @@ def load_standalone_pb2():
                      "(a GPU bundle's python/)")
 
 
-def read_net(path, what="net"):
+def read_prototxt(path, what="net"):
     if _STANDALONE_PB2 is None:
         from recon_dec.caffe_io import protos
         return (protos.read_net if what == "net" else protos.read_solver)(str(path))
@@ -204,7 +204,7 @@ def prepare(net_path, chw=None, classes=10):
     """(check net, timed net, inputs) from a train_val prototxt: TRAIN-phase
     layers, data layers replaced by Input layers, Accuracy dropped; the check
     net has its noise off."""
-    src = read_net(net_path)
+    src = read_prototxt(net_path)
     if chw is None:
         plan = find_plan(net_path)
         if plan is not None:
@@ -278,7 +278,7 @@ def solver_settings(solver_path):
     s = {"type": "SGD", "base_lr": 0.01, "momentum": 0.9, "momentum2": 0.999, "delta": 1e-8,
          "weight_decay": 5e-4, "rms_decay": 0.99}
     if solver_path:
-        sp = read_net(solver_path, "solver")
+        sp = read_prototxt(solver_path, "solver")
         legacy = {0: "SGD", 1: "Nesterov", 2: "AdaGrad", 3: "RMSProp", 4: "AdaDelta", 5: "Adam"}
         s["type"] = sp.type if sp.HasField("type") else legacy.get(sp.solver_type, "SGD")
         for k in ("base_lr", "momentum", "momentum2", "delta", "weight_decay", "rms_decay"):

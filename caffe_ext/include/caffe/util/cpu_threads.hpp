@@ -61,6 +61,13 @@ bool InParallelRegion();
 int ThreadsFor(double work, double min_per_thread);
 
 /**
+ * How many values a thread should get at least before a plane-wise or
+ * element-wise loop is split (below it a hand-off costs more than the work):
+ * our layers' default.
+ */
+const int kMinValuesPerThread = 1 << 15;
+
+/**
  * For an array of `planes` planes of `spatial` values each, plane p being of
  * channel p % channels (N x C x S in Caffe's layout): calls fn(offset, c)
  * for every plane, offset = p * spatial its first value, planes in blocks

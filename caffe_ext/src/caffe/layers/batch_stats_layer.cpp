@@ -6,10 +6,6 @@
 
 namespace caffe {
 
-// Planes in blocks over the CPU threads (caffe/util/cpu_threads.hpp) when a
-// thread gets at least this many values; below it a hand-off costs more.
-const int kValuesPerThread = 1 << 15;
-
 template <typename Dtype>
 void BatchStatsLayer<Dtype>::LayerSetUp(const vector<Blob<Dtype>*>& bottom,
       const vector<Blob<Dtype>*>& top) {
@@ -115,7 +111,7 @@ void BatchStatsLayer<Dtype>::Forward_cpu(const vector<Blob<Dtype>*>& bottom,
   channel_sum_.Sum(Dtype(1) / count_, x, Dtype(0), mean);
   Dtype* centered = centered_.mutable_cpu_data();
   const int spatial = spatial_;
-  ForEachPlane(num_ * channels_, channels_, spatial, kValuesPerThread,
+  ForEachPlane(num_ * channels_, channels_, spatial, kMinValuesPerThread,
       [=](int offset, int c) {
     for (int i = offset; i < offset + spatial; ++i) {
       centered[i] = x[i] - mean[c];
@@ -144,7 +140,7 @@ void BatchStatsLayer<Dtype>::Backward_cpu(const vector<Blob<Dtype>*>& top,
   const Dtype mean_scale = Dtype(1) / count_;
   const Dtype var_scale = Dtype(2) / VarianceDivisor();
   const int spatial = spatial_;
-  ForEachPlane(num_ * channels_, channels_, spatial, kValuesPerThread,
+  ForEachPlane(num_ * channels_, channels_, spatial, kMinValuesPerThread,
       [=](int offset, int c) {
     for (int i = offset; i < offset + spatial; ++i) {
       dx[i] = dmean[c] * mean_scale + dvar[c] * var_scale * centered[i];

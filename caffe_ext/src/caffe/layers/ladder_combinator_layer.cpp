@@ -10,8 +10,9 @@
 namespace caffe {
 
 // Values in blocks over the CPU threads (caffe/util/cpu_threads.hpp) when a
-// thread gets at least this many (each costs two exp).
-const int kValuesPerThread = 1 << 13;
+// thread gets at least this many: a quarter of the default, as each value
+// costs two exp.
+const int kValuesPerThread = kMinValuesPerThread / 4;
 
 template <typename Dtype>
 FillerParameter LadderCombinatorLayer<Dtype>::ParamFiller(int k) const {

@@ -8,10 +8,6 @@
 
 namespace caffe {
 
-// Planes in blocks over the CPU threads (caffe/util/cpu_threads.hpp) when a
-// thread gets at least this many values; below it a hand-off costs more.
-const int kValuesPerThread = 1 << 15;
-
 template <typename Dtype>
 void NormalizeLayer<Dtype>::LayerSetUp(const vector<Blob<Dtype>*>& bottom,
       const vector<Blob<Dtype>*>& top) {
@@ -54,7 +50,7 @@ void NormalizeLayer<Dtype>::Forward_cpu(const vector<Blob<Dtype>*>& bottom,
   }
   Dtype* y = top[0]->mutable_cpu_data();
   const int spatial = spatial_;
-  ForEachPlane(num_ * channels_, channels_, spatial, kValuesPerThread,
+  ForEachPlane(num_ * channels_, channels_, spatial, kMinValuesPerThread,
       [=](int offset, int c) {
     for (int i = offset; i < offset + spatial; ++i) {
       y[i] = (x[i] - mean[c]) * r[c];
@@ -79,7 +75,7 @@ void NormalizeLayer<Dtype>::Backward_cpu(const vector<Blob<Dtype>*>& top,
     const Dtype* x = bottom[0]->cpu_data();
     const Dtype* mean = bottom[1]->cpu_data();
     Dtype* products = products_.mutable_cpu_data();
-    ForEachPlane(num_ * channels_, channels_, spatial, kValuesPerThread,
+    ForEachPlane(num_ * channels_, channels_, spatial, kMinValuesPerThread,
         [=](int offset, int c) {
       for (int i = offset; i < offset + spatial; ++i) {
         products[i] = dy[i] * (x[i] - mean[c]) * r[c];
@@ -93,7 +89,7 @@ void NormalizeLayer<Dtype>::Backward_cpu(const vector<Blob<Dtype>*>& top,
   }
   if (propagate_down[0]) {  // dx = r_c dy
     Dtype* dx = bottom[0]->mutable_cpu_diff();
-    ForEachPlane(num_ * channels_, channels_, spatial, kValuesPerThread,
+    ForEachPlane(num_ * channels_, channels_, spatial, kMinValuesPerThread,
         [=](int offset, int c) {
       for (int i = offset; i < offset + spatial; ++i) {
         dx[i] = dy[i] * r[c];

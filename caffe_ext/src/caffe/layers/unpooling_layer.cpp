@@ -12,10 +12,6 @@ namespace caffe {
 
 namespace {
 
-// The fast paths' planes go over the CPU threads when the output has at least
-// this many values per thread (below it a hand-off costs more).
-const int kValuesPerThread = 1 << 15;
-
 // CPU fast path for non-overlapping windows (kernel <= stride in both
 // dimensions): each location receives at most one value, so the output is
 // written output-centrically, row by row, every element exactly once (the
@@ -299,7 +295,7 @@ void UnpoolingLayer<Dtype>::Forward_cpu(const vector<Blob<Dtype>*>& bottom,
     const Dtype* const values_0 = values;
     const Dtype* const switches_0 = switches;
     Dtype* const out_0 = out;
-    ParallelFor(ThreadsFor(top[0]->count(), kValuesPerThread), planes,
+    ParallelFor(ThreadsFor(top[0]->count(), kMinValuesPerThread), planes,
         [&](int t, int begin, int end) {
       for (int p = begin; p < end; ++p) {
         const Dtype* values = values_0 + p * plane_in;
@@ -472,7 +468,7 @@ void UnpoolingLayer<Dtype>::Backward_cpu(const vector<Blob<Dtype>*>& top,
     const Dtype* const switches_0 = switches;
     const Dtype* const top_diff_0 = top_diff;
     Dtype* const diff_0 = diff;
-    ParallelFor(ThreadsFor(top[0]->count(), kValuesPerThread), planes,
+    ParallelFor(ThreadsFor(top[0]->count(), kMinValuesPerThread), planes,
         [&](int t, int begin, int end) {
       for (int p = begin; p < end; ++p) {
         const Dtype* switches = switches_0 ? switches_0 + p * plane_in : NULL;
