@@ -6,7 +6,7 @@
 #   tar xJf gpu-bundle.tar.xz -C /tmp && tools/gpu_check.sh /tmp/gpu-bundle $OUT
 #
 # usage: tools/gpu_check.sh BUNDLE OUT [--cpu] [--budget S] [--python PY] [--steps a,b]
-# Steps, each time-boxed, the whole within --budget (285 s; --cpu 900 s and
+# Steps, each time-boxed, the whole within --budget (330 s; --cpu 900 s and
 # every limit x3), a failed step
 # recorded and the rest run on:
 #   device_query      nvidia-smi; caffe device_query -gpu 0
@@ -19,11 +19,11 @@
 #                     the default engine (cuDNN in a cuDNN bundle, where libcudnn loads:
 #                     `BUNDLE/run --variant`) and the inputs' engine: CAFFE copies
 #   unpool_bandwidth  Unpooling (known, fixed) forward/backward vs a device copy (Power)
-#   gtest_upstream    the upstream gtests in the bundle (layers our nets use), GPU instances,
-#                     a cuDNN build's CuDNN* suites
 #   pytorch           bench/bench_vs_pytorch.py --torch-only --device cuda on the same
 #                     VGG16 nets (the bundle's caffe_pb2 and pure-Python protobuf), beside
 #                     caffe time's; plain PyTorch VGG16 and a torch device-to-device copy
+#   gtest_upstream    (last) the upstream gtests in the bundle (layers our nets use), GPU instances,
+#                     a cuDNN build's CuDNN* suites
 # OUT: gpu_check.json (rewritten after each step), log.txt (every command's
 # output), gtest_*.xml, torch_*.json: at most 6 files (the device tool brings
 # back 8). --cpu runs the same steps on the CPU (no -gpu; batch 1
