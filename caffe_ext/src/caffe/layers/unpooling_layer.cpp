@@ -1,12 +1,19 @@
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <sstream>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "caffe/layers/unpooling_layer.hpp"
 #include "caffe/util/cpu_threads.hpp"
 #include "caffe/util/math_functions.hpp"
+
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 namespace caffe {
 
@@ -137,6 +144,162 @@ int UnpoolRow(const Dtype* values, const Dtype* switches,
   }
   return hits;
 }
+
+// x where keep, else +0, by masking x's bits (a compare and an and, where
+// `keep ? x : 0` on random switches compiled to mispredicted branches).
+template <typename Dtype>
+inline Dtype KeepIf(bool keep, Dtype x) {
+  typedef typename std::conditional<sizeof(Dtype) == 4, uint32_t,
+                                    uint64_t>::type Bits;
+  Bits bits;
+  std::memcpy(&bits, &x, sizeof(x));
+  bits &= -static_cast<Bits>(keep);
+  std::memcpy(&x, &bits, sizeof(x));
+  return x;
+}
+
+// VGG's case: 2x2 windows, stride 2, no padding, tiling the plane exactly
+// (width == 2 * pooled_w). Each pooled value fills its 2x2 block in two
+// output rows at once. r is the value's place relative to its block's
+// top-left output (known switches: switch - block index; fixed: the
+// offset's): 0, 1 (top row), width, width + 1 (bottom row); anything else
+// lands nowhere. Same values as UnpoolRow (0 + value, +0 elsewhere).
+// Returns the first pooled row whose switches did not all land, or -1.
+template <typename Dtype, bool KNOWN>
+int Unpool2x2Plane(const Dtype* values, const Dtype* switches,
+    unsigned fixed_r, int pooled_h, int pooled_w, bool stream, Dtype* out) {
+  const unsigned width = 2 * pooled_w;
+  for (int ph = 0; ph < pooled_h; ++ph) {
+    const Dtype* v = values + ph * pooled_w;
+    const Dtype* s = KNOWN ? switches + ph * pooled_w : NULL;
+    Dtype* top = out + 2 * ph * width;
+    Dtype* bottom = top + width;
+    const unsigned base = 2 * ph * width;
+    int hits = 0;
+    for (int pw = 0; pw < pooled_w; ++pw) {
+      const unsigned r = KNOWN
+          ? static_cast<unsigned>(static_cast<int>(s[pw])) - (base + 2 * pw)
+          : fixed_r;
+      const Dtype x = v[pw] + Dtype(0);
+      top[2 * pw] = KeepIf(r == 0, x);  // without branches: r is random
+      top[2 * pw + 1] = KeepIf(r == 1, x);
+      bottom[2 * pw] = KeepIf(r == width, x);
+      bottom[2 * pw + 1] = KeepIf(r == width + 1, x);
+      hits += (r == 0) | (r == 1) | (r == width) | (r == width + 1);
+    }
+    if (KNOWN && hits != pooled_w) {
+      return ph;
+    }
+  }
+  return -1;
+}
+
+#ifdef __SSE2__
+// float: four pooled values at a time, baseline x86-64 SSE2 (what Debian's
+// compiler targets). With `stream`, the output goes out by non-temporal
+// stores: for outputs larger than the caches, where write-allocating every
+// output line would read it from memory first (what memcpy avoids too).
+template <bool KNOWN>
+int Unpool2x2PlaneFloat(const float* values, const float* switches,
+    unsigned fixed_r, int pooled_h, int pooled_w, bool stream, float* out) {
+  const int width = 2 * pooled_w;
+  const int vec_end = pooled_w & ~3;
+  // aligned stores need 16-byte rows; the caller aligns the plane
+  stream = stream && width % 4 == 0;
+  const __m128i step = _mm_set_epi32(6, 4, 2, 0);
+  const __m128i zero_i = _mm_setzero_si128();
+  const __m128i one_i = _mm_set1_epi32(1);
+  const __m128i width_i = _mm_set1_epi32(width);
+  const __m128i width1_i = _mm_set1_epi32(width + 1);
+  const __m128 zero = _mm_setzero_ps();
+  const __m128i all_lanes = _mm_set1_epi32(-1);
+  // lanes 4 - (pooled_w - vec_end) .. 3 of the overlapping last four
+  const __m128i tail_lanes = _mm_cmpgt_epi32(_mm_set_epi32(3, 2, 1, 0),
+      _mm_set1_epi32(3 - (pooled_w - vec_end)));
+  for (int ph = 0; ph < pooled_h; ++ph) {
+    const float* v = values + ph * pooled_w;
+    const float* s = KNOWN ? switches + ph * pooled_w : NULL;
+    float* top = out + 2 * ph * width;
+    float* bottom = top + width;
+    const int base = 2 * ph * width;
+    __m128i landed = _mm_setzero_si128();  // per lane: minus the values landed
+    // four pooled values from pw on; `count` keeps the lanes to count
+    auto four = [&](int pw, bool streamed, __m128i count) {
+      const __m128i r = KNOWN
+          ? _mm_sub_epi32(_mm_cvttps_epi32(_mm_loadu_ps(s + pw)),
+                          _mm_add_epi32(_mm_set1_epi32(base + 2 * pw), step))
+          : _mm_set1_epi32(static_cast<int>(fixed_r));
+      const __m128 m0 = _mm_castsi128_ps(_mm_cmpeq_epi32(r, zero_i));
+      const __m128 m1 = _mm_castsi128_ps(_mm_cmpeq_epi32(r, one_i));
+      const __m128 m2 = _mm_castsi128_ps(_mm_cmpeq_epi32(r, width_i));
+      const __m128 m3 = _mm_castsi128_ps(_mm_cmpeq_epi32(r, width1_i));
+      const __m128 x = _mm_add_ps(_mm_loadu_ps(v + pw), zero);
+      const __m128 t0 = _mm_and_ps(m0, x), t1 = _mm_and_ps(m1, x);
+      const __m128 b0 = _mm_and_ps(m2, x), b1 = _mm_and_ps(m3, x);
+      if (streamed) {
+        _mm_stream_ps(top + 2 * pw, _mm_unpacklo_ps(t0, t1));
+        _mm_stream_ps(top + 2 * pw + 4, _mm_unpackhi_ps(t0, t1));
+        _mm_stream_ps(bottom + 2 * pw, _mm_unpacklo_ps(b0, b1));
+        _mm_stream_ps(bottom + 2 * pw + 4, _mm_unpackhi_ps(b0, b1));
+      } else {
+        _mm_storeu_ps(top + 2 * pw, _mm_unpacklo_ps(t0, t1));
+        _mm_storeu_ps(top + 2 * pw + 4, _mm_unpackhi_ps(t0, t1));
+        _mm_storeu_ps(bottom + 2 * pw, _mm_unpacklo_ps(b0, b1));
+        _mm_storeu_ps(bottom + 2 * pw + 4, _mm_unpackhi_ps(b0, b1));
+      }
+      if (KNOWN) {  // a lane's masks are all-ones (-1) where it landed
+        landed = _mm_add_epi32(landed, _mm_and_si128(count, _mm_castps_si128(
+            _mm_or_ps(_mm_or_ps(m0, m1), _mm_or_ps(m2, m3)))));
+      }
+    };
+    for (int pw = 0; pw < vec_end; pw += 4) {
+      four(pw, stream, all_lanes);
+    }
+    if (vec_end != pooled_w && pooled_w >= 4) {
+      // the last four again, overlapping: rewrites the same values, counts
+      // only the lanes past vec_end
+      four(pooled_w - 4, false, tail_lanes);
+    }
+    landed = _mm_add_epi32(landed, _mm_shuffle_epi32(landed, 0x4e));
+    landed = _mm_add_epi32(landed, _mm_shuffle_epi32(landed, 0xb1));
+    int hits = -_mm_cvtsi128_si32(landed);
+    for (int pw = pooled_w >= 4 ? pooled_w : vec_end; pw < pooled_w; ++pw) {
+      const unsigned r = KNOWN
+          ? static_cast<unsigned>(static_cast<int>(s[pw])) -
+            static_cast<unsigned>(base + 2 * pw)
+          : fixed_r;
+      const unsigned w = static_cast<unsigned>(width);
+      const float x = v[pw] + 0.f;
+      top[2 * pw] = KeepIf(r == 0, x);  // without branches: r is random
+      top[2 * pw + 1] = KeepIf(r == 1, x);
+      bottom[2 * pw] = KeepIf(r == w, x);
+      bottom[2 * pw + 1] = KeepIf(r == w + 1, x);
+      hits += (r == 0) | (r == 1) | (r == w) | (r == w + 1);
+    }
+    if (KNOWN && hits != pooled_w) {
+      return ph;
+    }
+  }
+  return -1;
+}
+
+template <>
+int Unpool2x2Plane<float, true>(const float* values, const float* switches,
+    unsigned fixed_r, int pooled_h, int pooled_w, bool stream, float* out) {
+  return Unpool2x2PlaneFloat<true>(values, switches, fixed_r, pooled_h,
+                                   pooled_w, stream, out);
+}
+
+template <>
+int Unpool2x2Plane<float, false>(const float* values, const float* switches,
+    unsigned fixed_r, int pooled_h, int pooled_w, bool stream, float* out) {
+  return Unpool2x2PlaneFloat<false>(values, switches, fixed_r, pooled_h,
+                                    pooled_w, stream, out);
+}
+#endif  // __SSE2__
+
+// Outputs at least this large are streamed past the caches (see above).
+const size_t kUnpoolStreamBytes = size_t(32) << 20;
 
 }  // namespace
 
@@ -295,12 +458,26 @@ void UnpoolingLayer<Dtype>::Forward_cpu(const vector<Blob<Dtype>*>& bottom,
     const Dtype* const values_0 = values;
     const Dtype* const switches_0 = switches;
     Dtype* const out_0 = out;
+    const bool tiles_2x2 = kernel_h_ == 2 && kernel_w_ == 2 &&
+        stride_h_ == 2 && stride_w_ == 2 && pad_h_ == 0 && pad_w_ == 0 &&
+        height_ == 2 * pooled_height_ && width_ == 2 * pooled_width_;
+    const unsigned fixed_r = offset_h_ * width_ + offset_w_;
+    const bool stream = top[0]->count() * sizeof(Dtype) >= kUnpoolStreamBytes
+        && reinterpret_cast<uintptr_t>(out) % 16 == 0
+        && (plane_out * sizeof(Dtype)) % 16 == 0;
     ParallelFor(ThreadsFor(top[0]->count(), kMinValuesPerThread), planes,
         [&](int t, int begin, int end) {
       for (int p = begin; p < end; ++p) {
         const Dtype* values = values_0 + p * plane_in;
         const Dtype* switches = switches_0 ? switches_0 + p * plane_in : NULL;
         Dtype* out = out_0 + p * plane_out;
+        if (tiles_2x2 && (known_switches_
+            ? Unpool2x2Plane<Dtype, true>(values, switches, 0, pooled_height_,
+                  pooled_width_, stream, out)
+            : Unpool2x2Plane<Dtype, false>(values, NULL, fixed_r,
+                  pooled_height_, pooled_width_, stream, out)) < 0) {
+          continue;  // done; else the rows below find and report the switch
+        }
         int h = 0;
         for (int ph = 0; ph < pooled_height_; ++ph) {
           const int hstart = ph * stride_h_ - pad_h_;
@@ -368,6 +545,11 @@ void UnpoolingLayer<Dtype>::Forward_cpu(const vector<Blob<Dtype>*>& bottom,
         }
         std::fill(out + h * width_, out + plane_out, Dtype(0));
       }
+#ifdef __SSE2__
+      if (stream) {
+        _mm_sfence();  // the streamed stores, before the pool's barrier
+      }
+#endif
     });
     return;
   }

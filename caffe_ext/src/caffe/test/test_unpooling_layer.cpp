@@ -410,6 +410,9 @@ TYPED_TEST(UnpoolingLayerTest, TestNonOverlappingMatchesReference) {
       {1, 1, 3, 3, 0, 0, 1, 3, 3, 5, 5, 1},    // ceil: last window outside
       {2, 2, 2, 2, 0, 0, 0, 1, 1, 0, 0, 0},    // a single window
       {2, 2, 2, 2, 0, 0, 0, 3, 40, 0, 0, 0},   // rows long enough to vectorise
+      {2, 2, 2, 2, 0, 0, 0, 2, 7, 0, 0, 0},    // VGG pool5: 4 + 3 per row
+      {2, 2, 2, 2, 0, 0, 0, 2, 14, 0, 0, 0},   // VGG pool4: 12 + 2 per row
+      {2, 2, 2, 2, 0, 0, 0, 2, 3, 0, 0, 0},    // tiling, fewer than 4 per row
   };
   const int num_cases = sizeof(cases) / sizeof(cases[0]);
   // Each case as given (rows of fewer than 8 windows: the short-row band
@@ -593,6 +596,83 @@ TYPED_TEST(UnpoolingLayerTest, TestNonOverlappingSwitchOutsideWindow) {
   EXPECT_DEATH(ceil_layer.Forward(bottom, top),
                "Unpooling layer 'unpool': switch 6 at \\(plane 0, 0, 2\\) "
                "lies outside its pooling window");
+}
+
+// The 2x2/2 tiling path's vector loop (four pooled values at a time, the
+// last four overlapping the ones before) reports a bad switch in any lane as
+// the generic path does, a NaN switch included.
+TYPED_TEST(UnpoolingLayerTest, TestTilingSwitchOutsideWindow) {
+  typedef typename TypeParam::Dtype Dtype;
+  ::testing::FLAGS_gtest_death_test_style = "threadsafe";
+  this->values_->Reshape(1, 2, 2, 7);
+  this->switches_->ReshapeLike(*this->values_);
+  for (int i = 0; i < this->values_->count(); ++i) {
+    const int ph = (i / 7) % 2, pw = i % 7;
+    this->values_->mutable_cpu_data()[i] = i;
+    this->switches_->mutable_cpu_data()[i] = (2 * ph + 1) * 14 + 2 * pw + 1;
+  }
+  vector<Blob<Dtype>*> bottom, top(1, this->top_);
+  bottom.push_back(this->values_);
+  bottom.push_back(this->switches_);
+  UnpoolingLayer<Dtype> layer(this->Param(2, 2));
+  layer.SetUp(bottom, top);
+  layer.Forward(bottom, top);  // all valid: each value at its window's (1, 1)
+  EXPECT_EQ(Dtype(8), this->top_->cpu_data()[(2 * 1 + 1) * 14 + 2 * 1 + 1]);
+  // plane 1, window (1, 5): (2, 11) is window (1, 5)'s; (2, 9) is (1, 4)'s.
+  // Lane 5 is counted by the overlapping last four only.
+  this->switches_->mutable_cpu_data()[14 + 7 + 5] = 2 * 14 + 9;
+  EXPECT_DEATH(layer.Forward(bottom, top),
+               "Unpooling layer 'unpool': switch 37 at \\(plane 1, 1, 5\\) "
+               "lies outside its pooling window");
+  this->switches_->mutable_cpu_data()[14 + 7 + 5] = 2 * 14 + 11;
+  this->switches_->mutable_cpu_data()[2] = NAN;  // plane 0, window (0, 2)
+  EXPECT_DEATH(layer.Forward(bottom, top),
+               "switch -?nan at \\(plane 0, 0, 2\\) lies outside");
+}
+
+// Outputs of 32 MiB and more leave the 2x2/2 path by non-temporal stores
+// (float): the same values as the generic path, the overlapping last four
+// of each row included (514 pooled values a row).
+TYPED_TEST(UnpoolingLayerTest, TestStreamedOutputMatchesGeneric) {
+  typedef typename TypeParam::Dtype Dtype;
+  if (sizeof(Dtype) != sizeof(float)) {
+    return;  // streamed for float only; the double layer is the loop above
+  }
+  for (int known = 0; known < 2; ++known) {
+    this->values_->Reshape(1, 8, 512, 514);  // output 8 x 1024 x 1028: 33.7 MB
+    this->switches_->ReshapeLike(*this->values_);
+    caffe_rng_uniform(this->values_->count(), Dtype(-1), Dtype(1),
+                      this->values_->mutable_cpu_data());
+    for (int i = 0; i < this->values_->count(); ++i) {
+      const int ph = (i / 514) % 512, pw = i % 514;
+      this->switches_->mutable_cpu_data()[i] =
+          (2 * ph + caffe_rng_rand() % 2) * 1028 + 2 * pw +
+          caffe_rng_rand() % 2;
+    }
+    vector<Blob<Dtype>*> bottom(1, this->values_);
+    if (known) {
+      bottom.push_back(this->switches_);
+    }
+    LayerParameter param = this->Param(2, 2);
+    if (!known) {
+      param.mutable_unpooling_param()->set_switches(
+          UnpoolingParameter_Switches_FIXED);
+    }
+    Blob<Dtype> generic_top, count;
+    vector<Blob<Dtype>*> top(1, this->top_), generic_tops(1, &generic_top);
+    generic_tops.push_back(&count);  // a count top: the generic path
+    UnpoolingLayer<Dtype> layer(param), generic(param);
+    layer.SetUp(bottom, top);
+    generic.SetUp(bottom, generic_tops);
+    ASSERT_GE(this->top_->count() * sizeof(Dtype), size_t(32) << 20);
+    layer.Forward(bottom, top);
+    generic.Forward(bottom, generic_tops);
+    int wrong = 0;
+    for (int j = 0; j < this->top_->count(); ++j) {
+      wrong += this->top_->cpu_data()[j] != generic_top.cpu_data()[j];
+    }
+    EXPECT_EQ(0, wrong) << (known ? "known" : "fixed") << " switches";
+  }
 }
 
 // Gradients on the fast path with remainders, padding and gaps.
