@@ -1,11 +1,13 @@
 // recon-dec: the batch-parallel CPU paths of Convolution and Deconvolution
-// (patch 0006: the images of a batch over CpuThreads() threads, on the pool of
-// caffe/util/cpu_threads.hpp) give the serial path's outputs and gradients: forward and data
+// (patch 0006: the images of a batch over CpuThreads() threads, on the pool
+// of caffe/util/cpu_threads.hpp) give the serial path's outputs and
+// gradients: forward and data
 // gradients exactly (each image is the same single-threaded computation),
 // weight and bias gradients within float rounding (summed per thread, then
 // over threads); 3x3 (strided, grouped) and 1x1 kernels, one and two
 // bottoms, more threads than images; and their gradients pass an exhaustive
-// GradientChecker with 1 and 3 threads.
+// GradientChecker with 1 and 3 threads; and the column buffer filled and
+// multiplied in chunks of output rows gives what all rows at once give.
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -135,7 +137,7 @@ class ConvBatchParallelTest : public CPUDeviceTest<Dtype> {
 
   // Exhaustive gradient check (every top value to every bottom value and
   // parameter) on a batch of 3, small enough for float finite differences.
-  void CheckGradient(bool deconv, int threads) {
+  void CheckGradient(bool deconv, int threads, int chunk_rows = 0) {
     Blob<Dtype> bottom(3, 2, 5, 4), top;
     FillerParameter filler_param;
     filler_param.set_std(1);
@@ -145,6 +147,7 @@ class ConvBatchParallelTest : public CPUDeviceTest<Dtype> {
     LayerParameter p = Param(3, 2, 2);
     p.mutable_convolution_param()->set_num_output(2);
     ScopedCpuThreads scoped(threads);
+    BaseConvolutionLayer<Dtype>::set_cpu_chunk_rows_for_test(chunk_rows);
     GradientChecker<Dtype> checker(1e-2, 1e-3);
     if (deconv) {
       DeconvolutionLayer<Dtype> layer(p);
@@ -153,6 +156,38 @@ class ConvBatchParallelTest : public CPUDeviceTest<Dtype> {
       ConvolutionLayer<Dtype> layer(p);
       checker.CheckGradientExhaustive(&layer, bottom_vec, top_vec);
     }
+    BaseConvolutionLayer<Dtype>::set_cpu_chunk_rows_for_test(0);
+  }
+
+  // The column buffer in chunks of `rows` output rows (patch 0006,
+  // cpu_chunk_rows) against all rows at once, one thread: outputs and
+  // gradients within float rounding (GEMMs over column blocks), the
+  // convolution's data gradient exactly (its col2im is never chunked).
+  void CompareChunks(bool deconv, int kernel, int stride, int group) {
+    const LayerParameter p = Param(kernel, stride, group);
+    BaseConvolutionLayer<Dtype>::set_cpu_chunk_rows_for_test(1000);  // whole
+    const vector<vector<Dtype> > whole = Run(deconv, p, 1, 1);
+    for (int rows = 1; rows <= 3; ++rows) {
+      BaseConvolutionLayer<Dtype>::set_cpu_chunk_rows_for_test(rows);
+      const vector<vector<Dtype> > chunked = Run(deconv, p, 1, 1);
+      ASSERT_EQ(whole.size(), chunked.size());
+      for (int k = 0; k < whole.size(); ++k) {
+        Dtype scale = 0;
+        for (int i = 0; i < whole[k].size(); ++i) {
+          scale = std::max(scale, Dtype(std::fabs(whole[k][i])));
+        }
+        for (int i = 0; i < whole[k].size(); ++i) {
+          if (k == 1 && !deconv) {
+            ASSERT_EQ(whole[k][i], chunked[k][i]) << "rows " << rows << ": "
+                << i;
+          } else {
+            ASSERT_NEAR(whole[k][i], chunked[k][i], 1e-5 * scale)
+                << "rows " << rows << ", result " << k << ": " << i;
+          }
+        }
+      }
+    }
+    BaseConvolutionLayer<Dtype>::set_cpu_chunk_rows_for_test(0);
   }
 
   Blob<Dtype>* const bottom_;
@@ -185,6 +220,18 @@ TYPED_TEST(ConvBatchParallelTest, ConvolutionGradientThreads) {
 TYPED_TEST(ConvBatchParallelTest, DeconvolutionGradientThreads) {
   this->CheckGradient(true, 1);
   this->CheckGradient(true, 3);
+}
+
+TYPED_TEST(ConvBatchParallelTest, ChunkedColumnsMatchWhole) {
+  this->CompareChunks(false, 3, 1, 1);
+  this->CompareChunks(false, 3, 2, 2);
+  this->CompareChunks(true, 3, 1, 1);
+  this->CompareChunks(true, 3, 2, 2);
+}
+
+TYPED_TEST(ConvBatchParallelTest, ChunkedColumnsGradient) {
+  this->CheckGradient(false, 1, 1);
+  this->CheckGradient(true, 3, 2);
 }
 
 }  // namespace caffe
