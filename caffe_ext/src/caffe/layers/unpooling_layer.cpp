@@ -158,6 +158,23 @@ inline Dtype KeepIf(bool keep, Dtype x) {
   return x;
 }
 
+// Pooled value pw of a row into its 2x2 block (top and bottom output rows,
+// base: the flat index of top[0]); 1 if it landed there. The selects are
+// masks, not branches: r is random.
+template <typename Dtype, bool KNOWN>
+inline int UnpoolBlock(const Dtype* v, const Dtype* s, unsigned fixed_r,
+    unsigned base, unsigned width, int pw, Dtype* top, Dtype* bottom) {
+  const unsigned r = KNOWN
+      ? static_cast<unsigned>(static_cast<int>(s[pw])) - (base + 2 * pw)
+      : fixed_r;
+  const Dtype x = v[pw] + Dtype(0);
+  top[2 * pw] = KeepIf(r == 0, x);
+  top[2 * pw + 1] = KeepIf(r == 1, x);
+  bottom[2 * pw] = KeepIf(r == width, x);
+  bottom[2 * pw + 1] = KeepIf(r == width + 1, x);
+  return (r == 0) | (r == 1) | (r == width) | (r == width + 1);
+}
+
 // VGG's case: 2x2 windows, stride 2, no padding, tiling the plane exactly
 // (width == 2 * pooled_w). Each pooled value fills its 2x2 block in two
 // output rows at once. r is the value's place relative to its block's
@@ -177,15 +194,8 @@ int Unpool2x2Plane(const Dtype* values, const Dtype* switches,
     const unsigned base = 2 * ph * width;
     int hits = 0;
     for (int pw = 0; pw < pooled_w; ++pw) {
-      const unsigned r = KNOWN
-          ? static_cast<unsigned>(static_cast<int>(s[pw])) - (base + 2 * pw)
-          : fixed_r;
-      const Dtype x = v[pw] + Dtype(0);
-      top[2 * pw] = KeepIf(r == 0, x);  // without branches: r is random
-      top[2 * pw + 1] = KeepIf(r == 1, x);
-      bottom[2 * pw] = KeepIf(r == width, x);
-      bottom[2 * pw + 1] = KeepIf(r == width + 1, x);
-      hits += (r == 0) | (r == 1) | (r == width) | (r == width + 1);
+      hits += UnpoolBlock<Dtype, KNOWN>(v, s, fixed_r, base, width, pw, top,
+                                        bottom);
     }
     if (KNOWN && hits != pooled_w) {
       return ph;
@@ -264,17 +274,8 @@ int Unpool2x2PlaneFloat(const float* values, const float* switches,
     landed = _mm_add_epi32(landed, _mm_shuffle_epi32(landed, 0xb1));
     int hits = -_mm_cvtsi128_si32(landed);
     for (int pw = pooled_w >= 4 ? pooled_w : vec_end; pw < pooled_w; ++pw) {
-      const unsigned r = KNOWN
-          ? static_cast<unsigned>(static_cast<int>(s[pw])) -
-            static_cast<unsigned>(base + 2 * pw)
-          : fixed_r;
-      const unsigned w = static_cast<unsigned>(width);
-      const float x = v[pw] + 0.f;
-      top[2 * pw] = KeepIf(r == 0, x);  // without branches: r is random
-      top[2 * pw + 1] = KeepIf(r == 1, x);
-      bottom[2 * pw] = KeepIf(r == w, x);
-      bottom[2 * pw + 1] = KeepIf(r == w + 1, x);
-      hits += (r == 0) | (r == 1) | (r == w) | (r == w + 1);
+      hits += UnpoolBlock<float, KNOWN>(v, s, fixed_r, base, width, pw, top,
+                                        bottom);
     }
     if (KNOWN && hits != pooled_w) {
       return ph;
