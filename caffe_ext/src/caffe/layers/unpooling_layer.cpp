@@ -214,7 +214,7 @@ int Unpool2x2PlaneFloat(const float* values, const float* switches,
     unsigned fixed_r, int pooled_h, int pooled_w, bool stream, float* out) {
   const int width = 2 * pooled_w;
   const int vec_end = pooled_w & ~3;
-  // aligned stores need 16-byte rows; the caller aligns the plane
+  // aligned stores need 16-byte rows (the caller checks the output's start)
   stream = stream && width % 4 == 0;
   const __m128i step = _mm_set_epi32(6, 4, 2, 0);
   const __m128i zero_i = _mm_setzero_si128();
@@ -463,9 +463,10 @@ void UnpoolingLayer<Dtype>::Forward_cpu(const vector<Blob<Dtype>*>& bottom,
         stride_h_ == 2 && stride_w_ == 2 && pad_h_ == 0 && pad_w_ == 0 &&
         height_ == 2 * pooled_height_ && width_ == 2 * pooled_width_;
     const unsigned fixed_r = offset_h_ * width_ + offset_w_;
+    // (the SSE2 path streams only rows of a multiple of 16 bytes: then every
+    // plane and row starts aligned where the output does)
     const bool stream = top[0]->count() * sizeof(Dtype) >= kUnpoolStreamBytes
-        && reinterpret_cast<uintptr_t>(out) % 16 == 0
-        && (plane_out * sizeof(Dtype)) % 16 == 0;
+        && reinterpret_cast<uintptr_t>(out) % 16 == 0;
     ParallelFor(ThreadsFor(top[0]->count(), kMinValuesPerThread), planes,
         [&](int t, int begin, int end) {
       for (int p = begin; p < end; ++p) {
