@@ -1,13 +1,13 @@
 // recon-dec: the batch-parallel CPU paths of Convolution and Deconvolution
 // (patch 0006: the images of a batch over CpuThreads() threads, on the pool
 // of caffe/util/cpu_threads.hpp) give the serial path's outputs and
-// gradients: forward and data
-// gradients exactly (each image is the same single-threaded computation),
-// weight and bias gradients within float rounding (summed per thread, then
-// over threads); 3x3 (strided, grouped) and 1x1 kernels, one and two
-// bottoms, more threads than images; and their gradients pass an exhaustive
-// GradientChecker with 1 and 3 threads; and the column buffer filled and
-// multiplied in chunks of output rows gives what all rows at once give.
+// gradients: forward and data gradients exactly (each image is the same
+// single-threaded computation), weight and bias gradients within float
+// rounding (summed per thread, then over threads); 3x3 (strided, grouped)
+// and 1x1 kernels, one and two bottoms, more threads than images; their
+// gradients pass an exhaustive GradientChecker with 1 and 3 threads; and the
+// column buffer filled and multiplied in chunks of output rows gives what
+// all rows at once give.
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -107,6 +107,14 @@ class ConvBatchParallelTest : public CPUDeviceTest<Dtype> {
     return out;
   }
 
+  static Dtype MaxAbs(const vector<Dtype>& values) {
+    Dtype m = 0;
+    for (int i = 0; i < values.size(); ++i) {
+      m = std::max(m, Dtype(std::fabs(values[i])));
+    }
+    return m;
+  }
+
   void Compare(bool deconv, int kernel, int stride, int group,
                int bottoms = 1) {
     const LayerParameter p = Param(kernel, stride, group);
@@ -117,10 +125,7 @@ class ConvBatchParallelTest : public CPUDeviceTest<Dtype> {
       ASSERT_EQ(serial.size(), parallel.size());
       for (int k = 0; k < serial.size(); ++k) {
         ASSERT_EQ(serial[k].size(), parallel[k].size());
-        Dtype scale = 0;
-        for (int i = 0; i < serial[k].size(); ++i) {
-          scale = std::max(scale, Dtype(std::fabs(serial[k][i])));
-        }
+        const Dtype scale = MaxAbs(serial[k]);
         for (int i = 0; i < serial[k].size(); ++i) {
           if (k < exact) {
             ASSERT_EQ(serial[k][i], parallel[k][i]) << "threads " << threads
@@ -172,10 +177,7 @@ class ConvBatchParallelTest : public CPUDeviceTest<Dtype> {
       const vector<vector<Dtype> > chunked = Run(deconv, p, 1, 1);
       ASSERT_EQ(whole.size(), chunked.size());
       for (int k = 0; k < whole.size(); ++k) {
-        Dtype scale = 0;
-        for (int i = 0; i < whole[k].size(); ++i) {
-          scale = std::max(scale, Dtype(std::fabs(whole[k][i])));
-        }
+        const Dtype scale = MaxAbs(whole[k]);
         for (int i = 0; i < whole[k].size(); ++i) {
           if (k == 1 && !deconv) {
             ASSERT_EQ(whole[k][i], chunked[k][i]) << "rows " << rows << ": "
