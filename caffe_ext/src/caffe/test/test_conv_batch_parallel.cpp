@@ -165,9 +165,10 @@ class ConvBatchParallelTest : public CPUDeviceTest<Dtype> {
   }
 
   // The column buffer in chunks of `rows` output rows (patch 0006,
-  // cpu_chunk_rows) against all rows at once, one thread: outputs and
-  // gradients within float rounding (GEMMs over column blocks), the
-  // convolution's data gradient exactly (its col2im is never chunked).
+  // cpu_chunk_rows) against all rows at once, one thread: what col2im
+  // writes (the convolution's data gradient, the deconvolution's output)
+  // exactly, since the chunks are added from the last to the first; the
+  // rest within float rounding (GEMMs over column blocks).
   void CompareChunks(bool deconv, int kernel, int stride, int group) {
     const LayerParameter p = Param(kernel, stride, group);
     BaseConvolutionLayer<Dtype>::set_cpu_chunk_rows_for_test(1000);  // whole
@@ -179,7 +180,7 @@ class ConvBatchParallelTest : public CPUDeviceTest<Dtype> {
       for (int k = 0; k < whole.size(); ++k) {
         const Dtype scale = MaxAbs(whole[k]);
         for (int i = 0; i < whole[k].size(); ++i) {
-          if (k == 1 && !deconv) {
+          if (k == (deconv ? 0 : 1)) {
             ASSERT_EQ(whole[k][i], chunked[k][i]) << "rows " << rows << ": "
                 << i;
           } else {
