@@ -3,7 +3,8 @@
 // ParallelFor runs exactly once, in the documented blocks, over many regions
 // in a row; a region inside a region is serial; a GEMM split over 2 and 3
 // threads (by columns, and by rows) equals the single-threaded GEMM for
-// every transpose combination, accumulation (beta) included; MAX pooling
+// every transpose combination, accumulation (beta) included; the split
+// element-wise calls (set, copy, axpy, axpby) equal one thread's; MAX pooling
 // (with and without a mask top, ragged windows), leaky ReLU and Unpooling
 // (known and fixed switches), and the ladder's BatchStats, Normalize and
 // LadderCombinator, forward and backward (parameter gradients included),
@@ -138,6 +139,50 @@ TYPED_TEST(CpuGemmSplitTest, SplitEqualsSerial) {
       }
     }
   }
+}
+
+// caffe_set (zero and not), caffe_copy, caffe_axpy and caffe_cpu_axpby on
+// a vector long enough for 3 threads (64 Ki values each at least, ragged)
+// equal one thread's result exactly: each block is the same call.
+TYPED_TEST(CpuGemmSplitTest, ElementWiseSplitEqualsSerial) {
+  typedef TypeParam Dtype;
+  const int n = 3 * (1 << 16) + 7;
+  std::vector<Dtype> x(n), y0(n);
+  for (int i = 0; i < n; ++i) {
+    x[i] = std::sin(0.37 * i);
+    y0[i] = std::cos(0.11 * i);
+  }
+  std::vector<std::vector<Dtype> > results[2];
+  for (int run = 0; run < 2; ++run) {
+    ScopedCpuThreads scoped(run == 0 ? 1 : 3);
+    if (run == 1) {
+      ASSERT_EQ(3, ThreadsFor(n, 1 << 16));
+    }
+    std::vector<Dtype> y(y0);
+    caffe_axpy<Dtype>(n, Dtype(-0.3), &x[0], &y[0]);
+    results[run].push_back(y);
+    caffe_cpu_axpby<Dtype>(n, Dtype(0.7), &x[0], Dtype(0.9), &y[0]);
+    results[run].push_back(y);
+    caffe_copy<Dtype>(n, &x[0], &y[0]);
+    results[run].push_back(y);
+    caffe_set<Dtype>(n, Dtype(0.25), &y[0]);
+    results[run].push_back(y);
+    y = y0;
+    caffe_set<Dtype>(n, Dtype(0), &y[0]);
+    results[run].push_back(y);
+  }
+  ASSERT_EQ(results[0].size(), results[1].size());
+  for (int k = 0; k < results[0].size(); ++k) {
+    for (int i = 0; i < n; ++i) {
+      ASSERT_EQ(results[0][k][i], results[1][k][i]) << "call " << k << ", "
+          << i;
+    }
+  }
+  // and they did what they say (against the serial arithmetic)
+  EXPECT_EQ(y0[5] + Dtype(-0.3) * x[5], results[0][0][5]);
+  EXPECT_EQ(x[n - 1], results[0][2][n - 1]);
+  EXPECT_EQ(Dtype(0.25), results[0][3][n / 2]);
+  EXPECT_EQ(Dtype(0), results[0][4][n - 1]);
 }
 
 template <typename Dtype>
