@@ -4,11 +4,12 @@
 // in a row; a region inside a region is serial; a GEMM split over 2 and 3
 // threads (by columns, and by rows) equals the single-threaded GEMM for
 // every transpose combination, accumulation (beta) included; the split
-// element-wise calls (set, copy, axpy, axpby) equal one thread's; MAX pooling
-// (with and without a mask top, ragged windows), leaky ReLU and Unpooling
-// (known and fixed switches), and the ladder's BatchStats, Normalize and
-// LadderCombinator, forward and backward (parameter gradients included),
-// over 2 and 3 threads equal one thread's result bit for bit.
+// element-wise calls (set, copy, axpy, axpby, add, sub, mul, div, scale)
+// equal one thread's; MAX pooling (with and without a mask top, ragged
+// windows), leaky ReLU, Sigmoid, TanH, Unpooling (known and fixed
+// switches), and the ladder's BatchStats, Normalize and LadderCombinator,
+// forward and backward (parameter gradients included), over 2 and 3
+// threads equal one thread's result bit for bit.
 #include <atomic>
 #include <cmath>
 #include <vector>
@@ -141,9 +142,10 @@ TYPED_TEST(CpuGemmSplitTest, SplitEqualsSerial) {
   }
 }
 
-// caffe_set (zero and not), caffe_copy, caffe_axpy and caffe_cpu_axpby on
-// a vector long enough for 3 threads (64 Ki values each at least, ragged)
-// equal one thread's result exactly: each block is the same call.
+// caffe_set (zero and not), caffe_copy, caffe_axpy, caffe_cpu_axpby,
+// caffe_add / sub / mul / div and caffe_cpu_scale on a vector long enough
+// for 3 threads (64 Ki values each at least, ragged) equal one thread's
+// result exactly: each block is the same call.
 TYPED_TEST(CpuGemmSplitTest, ElementWiseSplitEqualsSerial) {
   typedef TypeParam Dtype;
   const int n = 3 * (1 << 16) + 7;
@@ -170,6 +172,16 @@ TYPED_TEST(CpuGemmSplitTest, ElementWiseSplitEqualsSerial) {
     y = y0;
     caffe_set<Dtype>(n, Dtype(0), &y[0]);
     results[run].push_back(y);
+    caffe_add<Dtype>(n, &x[0], &y0[0], &y[0]);
+    results[run].push_back(y);
+    caffe_sub<Dtype>(n, &x[0], &y0[0], &y[0]);
+    results[run].push_back(y);
+    caffe_mul<Dtype>(n, &x[0], &y0[0], &y[0]);
+    results[run].push_back(y);
+    caffe_div<Dtype>(n, &x[0], &y0[0], &y[0]);
+    results[run].push_back(y);
+    caffe_cpu_scale<Dtype>(n, Dtype(1.7), &x[0], &y[0]);
+    results[run].push_back(y);
   }
   ASSERT_EQ(results[0].size(), results[1].size());
   for (int k = 0; k < results[0].size(); ++k) {
@@ -183,6 +195,8 @@ TYPED_TEST(CpuGemmSplitTest, ElementWiseSplitEqualsSerial) {
   EXPECT_EQ(x[n - 1], results[0][2][n - 1]);
   EXPECT_EQ(Dtype(0.25), results[0][3][n / 2]);
   EXPECT_EQ(Dtype(0), results[0][4][n - 1]);
+  EXPECT_EQ(x[7] * y0[7], results[0][7][7]);
+  EXPECT_EQ(Dtype(1.7) * x[n - 2], results[0][9][n - 2]);
 }
 
 template <typename Dtype>
@@ -314,6 +328,14 @@ TYPED_TEST(CpuThreadedLayersTest, LeakyReLUMatchesOneThread) {
   param.set_type("ReLU");
   param.mutable_relu_param()->set_negative_slope(0.1);
   this->CheckThreadsMatchOne(param, 1, "leaky ReLU");
+}
+
+TYPED_TEST(CpuThreadedLayersTest, SigmoidAndTanHMatchOneThread) {
+  LayerParameter param;
+  param.set_type("Sigmoid");
+  this->CheckThreadsMatchOne(param, 1, "Sigmoid");
+  param.set_type("TanH");
+  this->CheckThreadsMatchOne(param, 1, "TanH");
 }
 
 TYPED_TEST(CpuThreadedLayersTest, UnpoolingMatchesOneThread) {
