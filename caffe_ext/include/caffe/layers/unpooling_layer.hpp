@@ -10,6 +10,11 @@
 
 namespace caffe {
 
+// Whether the CPU forward of 2x2/2 tilings (float) runs its AVX-512 path:
+// where the CPU has AVX-512, unless switched off (for tests: the SSE2 path).
+bool UnpoolingUsesWideSimd();
+void SetUnpoolingWideSimdForTest(bool allowed);
+
 /**
  * @brief Inverts MAX pooling: every pooled value is written back into the
  *        window it was pooled from, zeros elsewhere.

@@ -88,6 +88,33 @@ class UnpoolingLayerTest : public MultiDeviceTest<TypeParam> {
       checker.CheckGradientExhaustive(&layer, bottom, top, 0);
     }
   }
+  // TestTilingSwitchOutsideWindow's checks (on the CPU path in force)
+  void CheckTilingSwitchOutsideWindow() {
+    values_->Reshape(1, 2, 2, 7);
+    switches_->ReshapeLike(*values_);
+    for (int i = 0; i < values_->count(); ++i) {
+      const int ph = (i / 7) % 2, pw = i % 7;
+      values_->mutable_cpu_data()[i] = i;
+      switches_->mutable_cpu_data()[i] = (2 * ph + 1) * 14 + 2 * pw + 1;
+    }
+    vector<Blob<Dtype>*> bottom, top(1, top_);
+    bottom.push_back(values_);
+    bottom.push_back(switches_);
+    UnpoolingLayer<Dtype> layer(Param(2, 2));
+    layer.SetUp(bottom, top);
+    layer.Forward(bottom, top);  // all valid: each at its window's (1, 1)
+    EXPECT_EQ(Dtype(8), top_->cpu_data()[(2 * 1 + 1) * 14 + 2 * 1 + 1]);
+    // plane 1, window (1, 5): (2, 11) is window (1, 5)'s; (2, 9) is (1, 4)'s.
+    // Lane 5 is counted by the overlapping last four only.
+    switches_->mutable_cpu_data()[14 + 7 + 5] = 2 * 14 + 9;
+    EXPECT_DEATH(layer.Forward(bottom, top),
+                 "Unpooling layer 'unpool': switch 37 at \\(plane 1, 1, 5\\) "
+                 "lies outside its pooling window");
+    switches_->mutable_cpu_data()[14 + 7 + 5] = 2 * 14 + 11;
+    switches_->mutable_cpu_data()[2] = NAN;  // plane 0, window (0, 2)
+    EXPECT_DEATH(layer.Forward(bottom, top),
+                 "switch -?nan at \\(plane 0, 0, 2\\) lies outside");
+  }
   // Checks every plane of top_ against a 1-plane expectation.
   void ExpectPlanes(const Blob<Dtype>& blob, const Dtype* plane, int size) {
     ASSERT_EQ(0, blob.count() % size);
@@ -602,35 +629,75 @@ TYPED_TEST(UnpoolingLayerTest, TestNonOverlappingSwitchOutsideWindow) {
 // last four overlapping the ones before) reports a bad switch in any lane as
 // the generic path does, a NaN switch included.
 TYPED_TEST(UnpoolingLayerTest, TestTilingSwitchOutsideWindow) {
-  typedef typename TypeParam::Dtype Dtype;
   ::testing::FLAGS_gtest_death_test_style = "threadsafe";
-  this->values_->Reshape(1, 2, 2, 7);
-  this->switches_->ReshapeLike(*this->values_);
-  for (int i = 0; i < this->values_->count(); ++i) {
-    const int ph = (i / 7) % 2, pw = i % 7;
-    this->values_->mutable_cpu_data()[i] = i;
-    this->switches_->mutable_cpu_data()[i] = (2 * ph + 1) * 14 + 2 * pw + 1;
-  }
-  vector<Blob<Dtype>*> bottom, top(1, this->top_);
-  bottom.push_back(this->values_);
-  bottom.push_back(this->switches_);
-  UnpoolingLayer<Dtype> layer(this->Param(2, 2));
-  layer.SetUp(bottom, top);
-  layer.Forward(bottom, top);  // all valid: each value at its window's (1, 1)
-  EXPECT_EQ(Dtype(8), this->top_->cpu_data()[(2 * 1 + 1) * 14 + 2 * 1 + 1]);
-  // plane 1, window (1, 5): (2, 11) is window (1, 5)'s; (2, 9) is (1, 4)'s.
-  // Lane 5 is counted by the overlapping last four only.
-  this->switches_->mutable_cpu_data()[14 + 7 + 5] = 2 * 14 + 9;
-  EXPECT_DEATH(layer.Forward(bottom, top),
-               "Unpooling layer 'unpool': switch 37 at \\(plane 1, 1, 5\\) "
-               "lies outside its pooling window");
-  this->switches_->mutable_cpu_data()[14 + 7 + 5] = 2 * 14 + 11;
-  this->switches_->mutable_cpu_data()[2] = NAN;  // plane 0, window (0, 2)
-  EXPECT_DEATH(layer.Forward(bottom, top),
-               "switch -?nan at \\(plane 0, 0, 2\\) lies outside");
+  this->CheckTilingSwitchOutsideWindow();
+  SetUnpoolingWideSimdForTest(false);  // the SSE2 path too, where AVX-512 ran
+  this->CheckTilingSwitchOutsideWindow();
+  SetUnpoolingWideSimdForTest(true);
 }
 
-// Outputs of 32 MiB and more leave the 2x2/2 path by non-temporal stores
+// The 2x2/2 tiling's AVX-512 path (float, where the CPU has it: sixteen
+// pooled values at a time, masked remainders) gives the SSE2 path's output
+// bit for bit: known switches anywhere in their windows (values of both
+// signs, -0 among them), fixed ones at each of the four offsets, rows of 1
+// to 40 pooled values (one and several steps, full and partial ones).
+TYPED_TEST(UnpoolingLayerTest, TestWideSimdMatchesSse2) {
+  typedef typename TypeParam::Dtype Dtype;
+  if (sizeof(Dtype) != sizeof(float) ||
+      Caffe::mode() != Caffe::CPU) {
+    return;  // a float CPU path
+  }
+  if (!UnpoolingUsesWideSimd()) {
+    LOG(WARNING) << "no AVX-512 on this CPU: the path is not tested here";
+    return;
+  }
+  const int widths[] = {1, 3, 7, 8, 9, 14, 15, 16, 17, 28, 31, 33, 40};
+  for (int wi = 0; wi < sizeof(widths) / sizeof(widths[0]); ++wi) {
+    const int pw_n = widths[wi], ph_n = 3;
+    this->values_->Reshape(2, 3, ph_n, pw_n);
+    this->switches_->ReshapeLike(*this->values_);
+    caffe_rng_uniform(this->values_->count(), Dtype(-1), Dtype(1),
+                      this->values_->mutable_cpu_data());
+    this->values_->mutable_cpu_data()[0] = -0.0f;
+    for (int i = 0; i < this->values_->count(); ++i) {
+      const int ph = (i / pw_n) % ph_n, pw = i % pw_n;
+      this->switches_->mutable_cpu_data()[i] =
+          (2 * ph + caffe_rng_rand() % 2) * (2 * pw_n) + 2 * pw +
+          caffe_rng_rand() % 2;
+    }
+    for (int mode = 0; mode < 5; ++mode) {  // known; fixed at 4 offsets
+      LayerParameter param = this->Param(2, 2);
+      vector<Blob<Dtype>*> bottom(1, this->values_);
+      if (mode == 0) {
+        bottom.push_back(this->switches_);
+      } else {
+        UnpoolingParameter* u = param.mutable_unpooling_param();
+        u->set_switches(UnpoolingParameter_Switches_FIXED);
+        u->set_offset_h((mode - 1) / 2);
+        u->set_offset_w((mode - 1) % 2);
+      }
+      Blob<Dtype> wide_top;
+      vector<Blob<Dtype>*> top(1, this->top_);
+      UnpoolingLayer<Dtype> layer(param);
+      layer.SetUp(bottom, top);
+      layer.Forward(bottom, top);
+      wide_top.CopyFrom(*this->top_, false, true);
+      SetUnpoolingWideSimdForTest(false);
+      ASSERT_FALSE(UnpoolingUsesWideSimd());
+      caffe_set(this->top_->count(), Dtype(7), this->top_->mutable_cpu_data());
+      layer.Forward(bottom, top);
+      SetUnpoolingWideSimdForTest(true);
+      for (int j = 0; j < this->top_->count(); ++j) {
+        const Dtype a = wide_top.cpu_data()[j], b = this->top_->cpu_data()[j];
+        ASSERT_TRUE(a == b && std::signbit(a) == std::signbit(b))
+            << "width " << pw_n << ", mode " << mode << ", at " << j << ": "
+            << a << " (AVX-512) vs " << b << " (SSE2)";
+      }
+    }
+  }
+}
+
+// Outputs of 16 MiB and more leave the 2x2/2 path by non-temporal stores
 // (float): the same values as the generic path, the overlapping last four
 // of each row included (514 pooled values a row).
 TYPED_TEST(UnpoolingLayerTest, TestStreamedOutputMatchesGeneric) {
@@ -664,7 +731,7 @@ TYPED_TEST(UnpoolingLayerTest, TestStreamedOutputMatchesGeneric) {
     UnpoolingLayer<Dtype> layer(param), generic(param);
     layer.SetUp(bottom, top);
     generic.SetUp(bottom, generic_tops);
-    ASSERT_GE(this->top_->count() * sizeof(Dtype), size_t(32) << 20);
+    ASSERT_GE(this->top_->count() * sizeof(Dtype), size_t(16) << 20);
     layer.Forward(bottom, top);
     generic.Forward(bottom, generic_tops);
     int wrong = 0;
