@@ -1,13 +1,15 @@
 // recon-dec: the batch-parallel CPU paths of Convolution and Deconvolution
 // (patch 0006: the images of a batch over CpuThreads() threads, on the pool
 // of caffe/util/cpu_threads.hpp) give the serial path's outputs and
-// gradients: forward and data gradients exactly (each image is the same
-// single-threaded computation), weight and bias gradients within float
-// rounding (summed per thread, then over threads); 3x3 (strided, grouped)
-// and 1x1 kernels, one and two bottoms, more threads than images; their
-// gradients pass an exhaustive GradientChecker with 1 and 3 threads; and the
-// column buffer filled and multiplied in chunks of output rows gives what
-// all rows at once give.
+// gradients: image by image, forward and data gradients exactly (each image
+// is the same single-threaded computation), weight and bias gradients
+// within float rounding (summed per thread, then over threads); with
+// several small images per GEMM, everything within float rounding; 3x3
+// (strided, grouped) and 1x1 kernels, one and two bottoms, more threads
+// than images; their gradients pass an exhaustive GradientChecker with 1
+// and 3 threads, in image groups and in chunks; and the column buffer
+// filled and multiplied in chunks of output rows, and images side by side
+// in one GEMM, give what all rows at once and image by image give.
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -31,6 +33,18 @@ namespace caffe {
 template <typename Dtype>
 class ConvBatchParallelTest : public CPUDeviceTest<Dtype> {
  protected:
+  // the layers, with the images per GEMM their last pass used
+  struct ProbedConvolution : public ConvolutionLayer<Dtype> {
+    explicit ProbedConvolution(const LayerParameter& p)
+        : ConvolutionLayer<Dtype>(p) {}
+    int images_per_gemm() const { return this->images_per_gemm_; }
+  };
+  struct ProbedDeconvolution : public DeconvolutionLayer<Dtype> {
+    explicit ProbedDeconvolution(const LayerParameter& p)
+        : DeconvolutionLayer<Dtype>(p) {}
+    int images_per_gemm() const { return this->images_per_gemm_; }
+  };
+
   ConvBatchParallelTest()
       : bottom_(new Blob<Dtype>(5, 4, 7, 6)),
         bottom2_(new Blob<Dtype>(5, 4, 7, 6)),
@@ -73,11 +87,14 @@ class ConvBatchParallelTest : public CPUDeviceTest<Dtype> {
     }
     Caffe::set_random_seed(1701);
     shared_ptr<Layer<Dtype> > layer(deconv ?
-        static_cast<Layer<Dtype>*>(new DeconvolutionLayer<Dtype>(p)) :
-        static_cast<Layer<Dtype>*>(new ConvolutionLayer<Dtype>(p)));
+        static_cast<Layer<Dtype>*>(new ProbedDeconvolution(p)) :
+        static_cast<Layer<Dtype>*>(new ProbedConvolution(p)));
     layer->SetUp(bottom_vec, top_vec);
     ScopedCpuThreads scoped(threads);
     layer->Forward(bottom_vec, top_vec);
+    last_images_ = deconv
+        ? static_cast<ProbedDeconvolution*>(layer.get())->images_per_gemm()
+        : static_cast<ProbedConvolution*>(layer.get())->images_per_gemm();
     FillerParameter filler_param;  // random top diffs
     filler_param.set_std(1);
     GaussianFiller<Dtype> filler(filler_param);
@@ -115,11 +132,17 @@ class ConvBatchParallelTest : public CPUDeviceTest<Dtype> {
     return m;
   }
 
+  // Image by image (images_per_gemm 1), tops and bottom diffs at any
+  // thread count equal one thread's exactly; with several images per GEMM
+  // (`grouped`: chosen by size, the blocks' sizes differ with the thread
+  // count) within float rounding, as the weight and bias diffs.
   void Compare(bool deconv, int kernel, int stride, int group,
-               int bottoms = 1) {
+               int bottoms = 1, bool grouped = false) {
     const LayerParameter p = Param(kernel, stride, group);
+    BaseConvolutionLayer<Dtype>::set_cpu_images_per_gemm_for_test(
+        grouped ? 0 : 1);
     const vector<vector<Dtype> > serial = Run(deconv, p, bottoms, 1);
-    const int exact = 2 * bottoms;  // tops and bottom diffs: exactly equal
+    const int exact = grouped ? 0 : 2 * bottoms;
     for (int threads = 2; threads <= 6; threads += 2) {  // 6 > batch of 5
       const vector<vector<Dtype> > parallel = Run(deconv, p, bottoms, threads);
       ASSERT_EQ(serial.size(), parallel.size());
@@ -132,17 +155,45 @@ class ConvBatchParallelTest : public CPUDeviceTest<Dtype> {
                 << (k % 2 ? " bottom diff " : " top ") << k / 2 << ": " << i;
           } else {  // weight, bias diff: within float rounding
             ASSERT_NEAR(serial[k][i], parallel[k][i], 1e-5 * scale)
-                << "threads " << threads << (k == exact ? " weight" : " bias")
-                << " diff " << i;
+                << "threads " << threads << " result " << k << ": " << i;
           }
         }
       }
     }
+    BaseConvolutionLayer<Dtype>::set_cpu_images_per_gemm_for_test(0);
+  }
+
+  // Several images per GEMM (cpu_images_per_gemm: the fixture's 7 x 6
+  // outputs are small enough) against image by image, one and two threads:
+  // outputs and all gradients within float rounding, and the layer did
+  // group `images` images (the last group of a block smaller).
+  void CompareImageGroups(bool deconv, int kernel, int stride, int group) {
+    const LayerParameter p = Param(kernel, stride, group);
+    for (int threads = 1; threads <= 2; ++threads) {
+      BaseConvolutionLayer<Dtype>::set_cpu_images_per_gemm_for_test(1);
+      const vector<vector<Dtype> > single = Run(deconv, p, 1, threads);
+      for (int images = 2; images <= 5; ++images) {
+        BaseConvolutionLayer<Dtype>::set_cpu_images_per_gemm_for_test(images);
+        const vector<vector<Dtype> > grouped = Run(deconv, p, 1, threads);
+        EXPECT_EQ(std::min(images, threads == 1 ? 5 : 3), last_images_);
+        ASSERT_EQ(single.size(), grouped.size());
+        for (int k = 0; k < single.size(); ++k) {
+          const Dtype scale = MaxAbs(single[k]);
+          for (int i = 0; i < single[k].size(); ++i) {
+            ASSERT_NEAR(single[k][i], grouped[k][i], 1e-5 * scale)
+                << "threads " << threads << ", " << images
+                << " images per GEMM, result " << k << ": " << i;
+          }
+        }
+      }
+    }
+    BaseConvolutionLayer<Dtype>::set_cpu_images_per_gemm_for_test(0);
   }
 
   // Exhaustive gradient check (every top value to every bottom value and
   // parameter) on a batch of 3, small enough for float finite differences.
-  void CheckGradient(bool deconv, int threads, int chunk_rows = 0) {
+  void CheckGradient(bool deconv, int threads, int chunk_rows = 0,
+                     int images_per_gemm = 0) {
     Blob<Dtype> bottom(3, 2, 5, 4), top;
     FillerParameter filler_param;
     filler_param.set_std(1);
@@ -153,6 +204,8 @@ class ConvBatchParallelTest : public CPUDeviceTest<Dtype> {
     p.mutable_convolution_param()->set_num_output(2);
     ScopedCpuThreads scoped(threads);
     BaseConvolutionLayer<Dtype>::set_cpu_chunk_rows_for_test(chunk_rows);
+    BaseConvolutionLayer<Dtype>::set_cpu_images_per_gemm_for_test(
+        images_per_gemm);
     GradientChecker<Dtype> checker(1e-2, 1e-3);
     if (deconv) {
       DeconvolutionLayer<Dtype> layer(p);
@@ -162,6 +215,7 @@ class ConvBatchParallelTest : public CPUDeviceTest<Dtype> {
       checker.CheckGradientExhaustive(&layer, bottom_vec, top_vec);
     }
     BaseConvolutionLayer<Dtype>::set_cpu_chunk_rows_for_test(0);
+    BaseConvolutionLayer<Dtype>::set_cpu_images_per_gemm_for_test(0);
   }
 
   // The column buffer in chunks of `rows` output rows (patch 0006,
@@ -171,6 +225,7 @@ class ConvBatchParallelTest : public CPUDeviceTest<Dtype> {
   // rest within float rounding (GEMMs over column blocks).
   void CompareChunks(bool deconv, int kernel, int stride, int group) {
     const LayerParameter p = Param(kernel, stride, group);
+    BaseConvolutionLayer<Dtype>::set_cpu_images_per_gemm_for_test(1);
     BaseConvolutionLayer<Dtype>::set_cpu_chunk_rows_for_test(1000);  // whole
     const vector<vector<Dtype> > whole = Run(deconv, p, 1, 1);
     for (int rows = 1; rows <= 3; ++rows) {
@@ -191,8 +246,10 @@ class ConvBatchParallelTest : public CPUDeviceTest<Dtype> {
       }
     }
     BaseConvolutionLayer<Dtype>::set_cpu_chunk_rows_for_test(0);
+    BaseConvolutionLayer<Dtype>::set_cpu_images_per_gemm_for_test(0);
   }
 
+  int last_images_;  // images_per_gemm_ of Run's layer (its Forward)
   Blob<Dtype>* const bottom_;
   Blob<Dtype>* const bottom2_;
   Blob<Dtype>* const top_;
@@ -206,6 +263,8 @@ TYPED_TEST(ConvBatchParallelTest, ConvolutionMatchesSerial) {
   this->Compare(false, 3, 2, 2);
   this->Compare(false, 1, 1, 1);
   this->Compare(false, 3, 1, 1, 2);
+  this->Compare(false, 3, 1, 1, 1, true);
+  this->Compare(false, 3, 2, 2, 2, true);
 }
 
 TYPED_TEST(ConvBatchParallelTest, DeconvolutionMatchesSerial) {
@@ -213,6 +272,15 @@ TYPED_TEST(ConvBatchParallelTest, DeconvolutionMatchesSerial) {
   this->Compare(true, 3, 2, 2);
   this->Compare(true, 1, 1, 1);
   this->Compare(true, 3, 1, 1, 2);
+  this->Compare(true, 3, 1, 1, 1, true);
+  this->Compare(true, 3, 2, 2, 2, true);
+}
+
+TYPED_TEST(ConvBatchParallelTest, ImageGroupsMatchOneByOne) {
+  this->CompareImageGroups(false, 3, 1, 1);
+  this->CompareImageGroups(false, 3, 2, 2);
+  this->CompareImageGroups(true, 3, 1, 1);
+  this->CompareImageGroups(true, 3, 2, 2);
 }
 
 TYPED_TEST(ConvBatchParallelTest, ConvolutionGradientThreads) {
@@ -233,8 +301,14 @@ TYPED_TEST(ConvBatchParallelTest, ChunkedColumnsMatchWhole) {
 }
 
 TYPED_TEST(ConvBatchParallelTest, ChunkedColumnsGradient) {
-  this->CheckGradient(false, 1, 1);
-  this->CheckGradient(true, 3, 2);
+  this->CheckGradient(false, 1, 1, 1);
+  this->CheckGradient(true, 3, 2, 1);
+}
+
+TYPED_TEST(ConvBatchParallelTest, ImageGroupsGradient) {
+  this->CheckGradient(false, 1, 0, 2);  // groups of 2 and 1
+  this->CheckGradient(true, 1, 0, 3);
+  this->CheckGradient(false, 2, 0, 2);
 }
 
 }  // namespace caffe
