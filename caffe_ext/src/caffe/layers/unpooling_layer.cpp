@@ -179,6 +179,24 @@ inline int UnpoolBlock(const Dtype* v, const Dtype* s, unsigned fixed_r,
   return (r == 0) | (r == 1) | (r == width) | (r == width + 1);
 }
 
+// Pooled row ph of a 2x2/2 tiling (pooled_w values a row, output rows
+// twice as wide): its values and switches (NULL: fixed switches), the two
+// output rows its blocks fill, and the flat index where the first begins.
+template <typename Dtype>
+struct TiledRow {
+  TiledRow(const Dtype* values, const Dtype* switches, int ph, int pooled_w,
+           Dtype* out)
+      : v(values + ph * pooled_w),
+        s(switches ? switches + ph * pooled_w : NULL),
+        top(out + 4 * ph * pooled_w), bottom(top + 2 * pooled_w),
+        base(4 * ph * pooled_w) {}
+  const Dtype* v;
+  const Dtype* s;
+  Dtype* top;
+  Dtype* bottom;
+  int base;
+};
+
 // VGG's case: 2x2 windows, stride 2, no padding, tiling the plane exactly
 // (width == 2 * pooled_w). Each pooled value fills its 2x2 block in two
 // output rows at once. r is the value's place relative to its block's
@@ -191,15 +209,11 @@ int Unpool2x2Plane(const Dtype* values, const Dtype* switches,
     unsigned fixed_r, int pooled_h, int pooled_w, bool stream, Dtype* out) {
   const unsigned width = 2 * pooled_w;
   for (int ph = 0; ph < pooled_h; ++ph) {
-    const Dtype* v = values + ph * pooled_w;
-    const Dtype* s = KNOWN ? switches + ph * pooled_w : NULL;
-    Dtype* top = out + 2 * ph * width;
-    Dtype* bottom = top + width;
-    const unsigned base = 2 * ph * width;
+    const TiledRow<Dtype> row(values, switches, ph, pooled_w, out);
     int hits = 0;
     for (int pw = 0; pw < pooled_w; ++pw) {
-      hits += UnpoolBlock<Dtype, KNOWN>(v, s, fixed_r, base, width, pw, top,
-                                        bottom);
+      hits += UnpoolBlock<Dtype, KNOWN>(row.v, row.s, fixed_r, row.base,
+                                        width, pw, row.top, row.bottom);
     }
     if (KNOWN && hits != pooled_w) {
       return ph;
@@ -231,35 +245,31 @@ int Unpool2x2PlaneFloat(const float* values, const float* switches,
   const __m128i tail_lanes = _mm_cmpgt_epi32(_mm_set_epi32(3, 2, 1, 0),
       _mm_set1_epi32(3 - (pooled_w - vec_end)));
   for (int ph = 0; ph < pooled_h; ++ph) {
-    const float* v = values + ph * pooled_w;
-    const float* s = KNOWN ? switches + ph * pooled_w : NULL;
-    float* top = out + 2 * ph * width;
-    float* bottom = top + width;
-    const int base = 2 * ph * width;
+    const TiledRow<float> row(values, switches, ph, pooled_w, out);
     __m128i landed = _mm_setzero_si128();  // per lane: minus the values landed
     // four pooled values from pw on; `count` keeps the lanes to count
     auto four = [&](int pw, bool streamed, __m128i count) {
       const __m128i r = KNOWN
-          ? _mm_sub_epi32(_mm_cvttps_epi32(_mm_loadu_ps(s + pw)),
-                          _mm_add_epi32(_mm_set1_epi32(base + 2 * pw), step))
+          ? _mm_sub_epi32(_mm_cvttps_epi32(_mm_loadu_ps(row.s + pw)),
+                _mm_add_epi32(_mm_set1_epi32(row.base + 2 * pw), step))
           : _mm_set1_epi32(static_cast<int>(fixed_r));
       const __m128 m0 = _mm_castsi128_ps(_mm_cmpeq_epi32(r, zero_i));
       const __m128 m1 = _mm_castsi128_ps(_mm_cmpeq_epi32(r, one_i));
       const __m128 m2 = _mm_castsi128_ps(_mm_cmpeq_epi32(r, width_i));
       const __m128 m3 = _mm_castsi128_ps(_mm_cmpeq_epi32(r, width1_i));
-      const __m128 x = _mm_add_ps(_mm_loadu_ps(v + pw), zero);
+      const __m128 x = _mm_add_ps(_mm_loadu_ps(row.v + pw), zero);
       const __m128 t0 = _mm_and_ps(m0, x), t1 = _mm_and_ps(m1, x);
       const __m128 b0 = _mm_and_ps(m2, x), b1 = _mm_and_ps(m3, x);
       if (streamed) {
-        _mm_stream_ps(top + 2 * pw, _mm_unpacklo_ps(t0, t1));
-        _mm_stream_ps(top + 2 * pw + 4, _mm_unpackhi_ps(t0, t1));
-        _mm_stream_ps(bottom + 2 * pw, _mm_unpacklo_ps(b0, b1));
-        _mm_stream_ps(bottom + 2 * pw + 4, _mm_unpackhi_ps(b0, b1));
+        _mm_stream_ps(row.top + 2 * pw, _mm_unpacklo_ps(t0, t1));
+        _mm_stream_ps(row.top + 2 * pw + 4, _mm_unpackhi_ps(t0, t1));
+        _mm_stream_ps(row.bottom + 2 * pw, _mm_unpacklo_ps(b0, b1));
+        _mm_stream_ps(row.bottom + 2 * pw + 4, _mm_unpackhi_ps(b0, b1));
       } else {
-        _mm_storeu_ps(top + 2 * pw, _mm_unpacklo_ps(t0, t1));
-        _mm_storeu_ps(top + 2 * pw + 4, _mm_unpackhi_ps(t0, t1));
-        _mm_storeu_ps(bottom + 2 * pw, _mm_unpacklo_ps(b0, b1));
-        _mm_storeu_ps(bottom + 2 * pw + 4, _mm_unpackhi_ps(b0, b1));
+        _mm_storeu_ps(row.top + 2 * pw, _mm_unpacklo_ps(t0, t1));
+        _mm_storeu_ps(row.top + 2 * pw + 4, _mm_unpackhi_ps(t0, t1));
+        _mm_storeu_ps(row.bottom + 2 * pw, _mm_unpacklo_ps(b0, b1));
+        _mm_storeu_ps(row.bottom + 2 * pw + 4, _mm_unpackhi_ps(b0, b1));
       }
       if (KNOWN) {  // a lane's masks are all-ones (-1) where it landed
         landed = _mm_add_epi32(landed, _mm_and_si128(count, _mm_castps_si128(
@@ -278,8 +288,8 @@ int Unpool2x2PlaneFloat(const float* values, const float* switches,
     landed = _mm_add_epi32(landed, _mm_shuffle_epi32(landed, 0xb1));
     int hits = -_mm_cvtsi128_si32(landed);
     for (int pw = pooled_w >= 4 ? pooled_w : vec_end; pw < pooled_w; ++pw) {
-      hits += UnpoolBlock<float, KNOWN>(v, s, fixed_r, base, width, pw, top,
-                                        bottom);
+      hits += UnpoolBlock<float, KNOWN>(row.v, row.s, fixed_r, row.base,
+                                        width, pw, row.top, row.bottom);
     }
     if (KNOWN && hits != pooled_w) {
       return ph;
@@ -349,20 +359,17 @@ int Unpool2x2PlaneAvx512(const float* values, const float* switches,
   const __m512i width1_i = _mm512_set1_epi32(width + 1);
   const __m512 zero = _mm512_setzero_ps();
   for (int ph = 0; ph < pooled_h; ++ph) {
-    const float* v = values + ph * pooled_w;
-    const float* s = KNOWN ? switches + ph * pooled_w : NULL;
-    float* top = out + 2 * ph * width;
-    float* bottom = top + width;
-    const int base = 2 * ph * width;
+    const TiledRow<float> row(values, switches, ph, pooled_w, out);
     int landed = 0;
     for (int pw = 0; pw < pooled_w; pw += 16) {
       const int n = std::min(16, pooled_w - pw);
       const __mmask16 in = static_cast<__mmask16>((1u << n) - 1);
-      const __m512 x = _mm512_add_ps(_mm512_maskz_loadu_ps(in, v + pw), zero);
+      const __m512 x =
+          _mm512_add_ps(_mm512_maskz_loadu_ps(in, row.v + pw), zero);
       const __m512i r = KNOWN
           ? _mm512_sub_epi32(
-                _mm512_cvttps_epi32(_mm512_maskz_loadu_ps(in, s + pw)),
-                _mm512_add_epi32(_mm512_set1_epi32(base + 2 * pw), step))
+                _mm512_cvttps_epi32(_mm512_maskz_loadu_ps(in, row.s + pw)),
+                _mm512_add_epi32(_mm512_set1_epi32(row.base + 2 * pw), step))
           : _mm512_set1_epi32(static_cast<int>(fixed_r));
       const __mmask16 k0 = _mm512_mask_cmpeq_epi32_mask(in, r, zero_i);
       const __mmask16 k1 = _mm512_mask_cmpeq_epi32_mask(in, r, one_i);
@@ -377,14 +384,14 @@ int Unpool2x2PlaneAvx512(const float* values, const float* switches,
           n >= 8 ? 0xffffu : (1u << (2 * n)) - 1);
       const __mmask16 out_high = static_cast<__mmask16>(
           n > 8 ? (1u << (2 * (n - 8))) - 1 : 0u);
-      _mm512_mask_storeu_ps(top + 2 * pw, out_low,
+      _mm512_mask_storeu_ps(row.top + 2 * pw, out_low,
                             _mm512_permutex2var_ps(t0, low_half, t1));
-      _mm512_mask_storeu_ps(bottom + 2 * pw, out_low,
+      _mm512_mask_storeu_ps(row.bottom + 2 * pw, out_low,
                             _mm512_permutex2var_ps(b0, low_half, b1));
       if (out_high) {
-        _mm512_mask_storeu_ps(top + 2 * pw + 16, out_high,
+        _mm512_mask_storeu_ps(row.top + 2 * pw + 16, out_high,
                               _mm512_permutex2var_ps(t0, high_half, t1));
-        _mm512_mask_storeu_ps(bottom + 2 * pw + 16, out_high,
+        _mm512_mask_storeu_ps(row.bottom + 2 * pw + 16, out_high,
                               _mm512_permutex2var_ps(b0, high_half, b1));
       }
       if (KNOWN) {
