@@ -408,29 +408,23 @@ int Unpool2x2PlaneAvx512(const float* values, const float* switches,
 
 // Unpool2x2Plane on the AVX-512 path where it can run (float, the CPU has
 // it); -2 where it cannot.
-template <typename Dtype, bool KNOWN>
-int Unpool2x2PlaneWide(const Dtype* values, const Dtype* switches,
-    unsigned fixed_r, int pooled_h, int pooled_w, Dtype* out) {
+template <bool KNOWN>
+int Unpool2x2PlaneWide(const double* values, const double* switches,
+    unsigned fixed_r, int pooled_h, int pooled_w, double* out) {
   return -2;
 }
 
+template <bool KNOWN>
+int Unpool2x2PlaneWide(const float* values, const float* switches,
+    unsigned fixed_r, int pooled_h, int pooled_w, float* out) {
 #ifdef UNPOOL_AVX512
-template <>
-int Unpool2x2PlaneWide<float, true>(const float* values,
-    const float* switches, unsigned fixed_r, int pooled_h, int pooled_w,
-    float* out) {
-  return UseWideSimd() ? Unpool2x2PlaneAvx512<true>(values, switches,
-      fixed_r, pooled_h, pooled_w, out) : -2;
-}
-
-template <>
-int Unpool2x2PlaneWide<float, false>(const float* values,
-    const float* switches, unsigned fixed_r, int pooled_h, int pooled_w,
-    float* out) {
-  return UseWideSimd() ? Unpool2x2PlaneAvx512<false>(values, switches,
-      fixed_r, pooled_h, pooled_w, out) : -2;
-}
+  if (UseWideSimd()) {
+    return Unpool2x2PlaneAvx512<KNOWN>(values, switches, fixed_r, pooled_h,
+                                       pooled_w, out);
+  }
 #endif
+  return -2;
+}
 
 }  // namespace
 
@@ -613,9 +607,9 @@ void UnpoolingLayer<Dtype>::Forward_cpu(const vector<Blob<Dtype>*>& bottom,
         Dtype* out = out_0 + p * plane_out;
         if (tiles_2x2) {
           int bad_row = stream ? -2 : known_switches_
-              ? Unpool2x2PlaneWide<Dtype, true>(values, switches, 0,
+              ? Unpool2x2PlaneWide<true>(values, switches, 0,
                     pooled_height_, pooled_width_, out)
-              : Unpool2x2PlaneWide<Dtype, false>(values, NULL, fixed_r,
+              : Unpool2x2PlaneWide<false>(values, NULL, fixed_r,
                     pooled_height_, pooled_width_, out);
           if (bad_row == -2) {
             bad_row = known_switches_
