@@ -15,6 +15,11 @@ namespace caffe {
 bool UnpoolingUsesWideSimd();
 void SetUnpoolingWideSimdForTest(bool allowed);
 
+// The AVX-512 path for rows of at most 32 pooled values (unpooling_layer.cpp),
+// and how many planes it has unpooled in this process (for the tests).
+struct UnpoolRowGroups;
+int64_t UnpoolingRowGroupPlanes();
+
 /**
  * @brief Inverts MAX pooling: every pooled value is written back into the
  *        window it was pooled from, zeros elsewhere.
@@ -75,6 +80,8 @@ class UnpoolingLayer : public Layer<Dtype> {
   void ClearNonValueDiffs(const vector<bool>& propagate_down,
       const vector<Blob<Dtype>*>& bottom, bool gpu);
   std::string Where() const;
+  // VGG's case: 2x2 windows, stride 2, no padding, tiling the output.
+  bool TilesTwoByTwo() const;
   // The error for a known switch outside its pooling window (CPU and GPU).
   std::string SwitchOutsideWindow(Dtype value, int plane, int ph, int pw)
       const;
@@ -101,6 +108,10 @@ class UnpoolingLayer : public Layer<Dtype> {
   bool need_count_;
   // GPU: flat index of the first switch outside its window (count if none).
   Blob<int> first_bad_switch_;
+  // CPU, a 2x2/2 tiling of short rows: their groups (NULL where none fit),
+  // kept while the shape stays.
+  shared_ptr<UnpoolRowGroups> row_groups_;
+  int groups_pooled_h_, groups_pooled_w_;  // the shape they were built for
 };
 
 }  // namespace caffe

@@ -1,4 +1,5 @@
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -20,6 +21,26 @@
 #endif
 
 namespace caffe {
+
+// A 2x2/2 tiling of short rows, for its AVX-512 path: the pooled rows in
+// groups of `rows` (`lanes` = rows * pooled_w <= 32 values, a multiple of 4),
+// whose outputs (two output rows per pooled row: 4 values per lane) are
+// `vectors` whole 16-value vectors, one after the other. A group's values
+// and switches are two registers; each output vector is a permute of them.
+// Groups run on across planes (both are contiguous), so the lanes' places
+// in their planes repeat with a period of `phases` groups, `planes` planes.
+struct UnpoolRowGroups {
+  static const int kMaxPhases = 64;
+  int rows, lanes, vectors, phases, planes;
+  // per phase: each lane's window's top-left output, flat in its plane
+  alignas(64) int32_t window[kMaxPhases][32];
+  // each output's lane in the group, and its place in the window: 0, 1 (top
+  // row), width, width + 1 (bottom row)
+  alignas(64) int32_t lane[8][16];
+  alignas(64) int32_t cell[8][16];
+  // (5-8 vectors: BuildRowGroups)
+  uint16_t fixed[8];  // outputs that are their window's fixed cell
+};
 
 namespace {
 
@@ -318,6 +339,9 @@ int Unpool2x2Plane<float, false>(const float* values, const float* switches,
 // went from 0.6 to 1.0 of a copy's bandwidth.
 const size_t kUnpoolStreamBytes = size_t(16) << 20;
 
+// Planes unpooled in row groups (below), for the tests.
+std::atomic<int64_t> row_group_planes(0);
+
 // Whether the AVX-512 path may run: the CPU has it (checked once, at run
 // time: the build targets baseline x86-64), unless a test switched it off.
 bool wide_simd_allowed = true;
@@ -426,6 +450,159 @@ int Unpool2x2PlaneWide(const float* values, const float* switches,
   return -2;
 }
 
+// The groups for pooled planes of pooled_h x pooled_w (fixed cell:
+// offset_h, offset_w), or NULL where no group fits: rows longer than 32
+// values (the row loops' vectors are full there), or no multiple of 4 within
+// 32 (e.g. 9 or 11 a row). VGG's pool3-5: 1, 2 and 4 rows of 28 values.
+shared_ptr<UnpoolRowGroups> BuildRowGroups(int pooled_h, int pooled_w,
+    int offset_h, int offset_w) {
+  // The most rows that fit: then a group has 20-32 values (the largest
+  // multiple of lcm(pooled_w, 4) up to 32), 5-8 output vectors.
+  int rows = 0;
+  for (int m = 1; m * pooled_w <= 32; ++m) {
+    if (m * pooled_w % 4 == 0) {
+      rows = m;
+    }
+  }
+  if (rows == 0) {
+    return shared_ptr<UnpoolRowGroups>();
+  }
+  int period_rows = pooled_h;  // lcm(pooled_h, rows)
+  while (period_rows % rows != 0) {
+    period_rows += pooled_h;
+  }
+  if (period_rows / rows > UnpoolRowGroups::kMaxPhases) {
+    return shared_ptr<UnpoolRowGroups>();
+  }
+  shared_ptr<UnpoolRowGroups> groups(new UnpoolRowGroups);
+  const int width = 2 * pooled_w;
+  groups->rows = rows;
+  groups->lanes = rows * pooled_w;
+  groups->vectors = groups->lanes / 4;
+  groups->phases = period_rows / rows;
+  groups->planes = period_rows / pooled_h;
+  for (int q = 0; q < groups->phases; ++q) {
+    for (int l = 0; l < 32; ++l) {
+      const int ph = (q * rows + l / pooled_w) % pooled_h, pw = l % pooled_w;
+      groups->window[q][l] = l < groups->lanes ? 2 * ph * width + 2 * pw : 0;
+    }
+  }
+  for (int v = 0; v < groups->vectors; ++v) {
+    groups->fixed[v] = 0;
+    for (int j = 0; j < 16; ++j) {
+      const int e = 16 * v + j, row = e / (2 * width);
+      const int bottom = e % (2 * width) / width, col = e % width;
+      groups->lane[v][j] = row * pooled_w + col / 2;
+      groups->cell[v][j] = bottom * width + col % 2;
+      groups->fixed[v] |= static_cast<uint16_t>(
+          (bottom == offset_h && col % 2 == offset_w) << j);
+    }
+  }
+  return groups;
+}
+
+#ifdef UNPOOL_AVX512
+// `periods` periods of groups of 4 V values (V output vectors) from values /
+// switches (NULL: fixed) to out: the row loop's values (0 + value, +0
+// elsewhere). Returns how many pooled values landed: all of them unless a
+// known switch lies outside its window (an output keeps its window's value
+// where the switch names that output's cell, so a value lands at most
+// once). V is a template argument so that the permutes' lanes and cells
+// stay in registers: loaded from the table at each step, pool4-5 took 1.3-1.5
+// times as long.
+template <bool KNOWN, int V>
+__attribute__((target("avx512f")))
+int64_t UnpoolRowGroupsAvx512(const UnpoolRowGroups& groups,
+    const float* values, const float* switches, int periods, float* out) {
+  const int lanes = 4 * V;  // 20-32: the first register full
+  const __mmask16 high = static_cast<__mmask16>((1u << (lanes - 16)) - 1);
+  const __m512 zero = _mm512_setzero_ps();
+  const __m512i minus_one = _mm512_set1_epi32(-1);
+  __m512i lane[V], cell[V];
+  __mmask16 fixed[V];
+  for (int v = 0; v < V; ++v) {
+    lane[v] = _mm512_loadu_si512(groups.lane[v]);
+    cell[v] = _mm512_loadu_si512(groups.cell[v]);
+    fixed[v] = groups.fixed[v];
+  }
+  __m512i landed = _mm512_setzero_si512();  // per output lane
+  for (int p = 0; p < periods; ++p) {
+    for (int q = 0; q < groups.phases; ++q) {
+      const __m512 x0 = _mm512_add_ps(_mm512_loadu_ps(values), zero);
+      const __m512 x1 =
+          _mm512_add_ps(_mm512_maskz_loadu_ps(high, values + 16), zero);
+      __m512i r0, r1;  // each lane's switch, from its window's top left
+      if (KNOWN) {
+        r0 = _mm512_sub_epi32(_mm512_cvttps_epi32(_mm512_loadu_ps(switches)),
+            _mm512_loadu_si512(groups.window[q]));
+        r1 = _mm512_sub_epi32(
+            _mm512_cvttps_epi32(_mm512_maskz_loadu_ps(high, switches + 16)),
+            _mm512_loadu_si512(groups.window[q] + 16));
+        switches += lanes;
+      }
+      for (int v = 0; v < V; ++v) {
+        __mmask16 keep;
+        if (KNOWN) {
+          keep = _mm512_cmpeq_epi32_mask(
+              _mm512_permutex2var_epi32(r0, lane[v], r1), cell[v]);
+          landed = _mm512_mask_sub_epi32(landed, keep, landed, minus_one);
+        } else {
+          keep = fixed[v];
+        }
+        _mm512_storeu_ps(out + 16 * v,
+                         _mm512_maskz_permutex2var_ps(keep, x0, lane[v], x1));
+      }
+      values += lanes;
+      out += 4 * lanes;
+    }
+  }
+  return KNOWN ? _mm512_reduce_add_epi32(landed)
+               : static_cast<int64_t>(periods) * groups.phases * lanes;
+}
+
+template <bool KNOWN>
+int64_t UnpoolRowGroupsAvx512(const UnpoolRowGroups& groups,
+    const float* values, const float* switches, int periods, float* out) {
+  switch (groups.vectors) {
+  case 5:
+    return UnpoolRowGroupsAvx512<KNOWN, 5>(groups, values, switches, periods,
+                                           out);
+  case 6:
+    return UnpoolRowGroupsAvx512<KNOWN, 6>(groups, values, switches, periods,
+                                           out);
+  case 7:
+    return UnpoolRowGroupsAvx512<KNOWN, 7>(groups, values, switches, periods,
+                                           out);
+  default:
+    return UnpoolRowGroupsAvx512<KNOWN, 8>(groups, values, switches, periods,
+                                           out);
+  }
+}
+#endif  // UNPOOL_AVX512
+
+// The first `periods` periods of the row groups where they can run (float,
+// the CPU has AVX-512); false where they cannot or a known switch lies
+// outside its window (then the row loop redoes these planes and reports it).
+bool UnpoolRowGroupsWide(const UnpoolRowGroups& groups, const double* values,
+    const double* switches, int periods, double* out) {
+  return false;
+}
+
+bool UnpoolRowGroupsWide(const UnpoolRowGroups& groups, const float* values,
+    const float* switches, int periods, float* out) {
+#ifdef UNPOOL_AVX512
+  if (UseWideSimd()) {
+    const int64_t all =
+        static_cast<int64_t>(periods) * groups.phases * groups.lanes;
+    return (switches
+        ? UnpoolRowGroupsAvx512<true>(groups, values, switches, periods, out)
+        : UnpoolRowGroupsAvx512<false>(groups, values, NULL, periods, out))
+        == all;
+  }
+#endif
+  return false;
+}
+
 }  // namespace
 
 
@@ -435,6 +612,10 @@ void SetUnpoolingWideSimdForTest(bool allowed) {
 
 bool UnpoolingUsesWideSimd() {
   return UseWideSimd();
+}
+
+int64_t UnpoolingRowGroupPlanes() {
+  return row_group_planes;
 }
 
 template <typename Dtype>
@@ -499,12 +680,20 @@ void UnpoolingLayer<Dtype>::LayerSetUp(const vector<Blob<Dtype>*>& bottom,
   CHECK(unpool.has_out_h() == unpool.has_out_w())
       << Where() << "give both out_h and out_w";
 
+  groups_pooled_h_ = groups_pooled_w_ = -1;  // no row groups built yet
   offset_h_ = unpool.has_offset_h() ? unpool.offset_h() : kernel_h_ / 2;
   offset_w_ = unpool.has_offset_w() ? unpool.offset_w() : kernel_w_ / 2;
   CHECK_LT(offset_h_, kernel_h_) << Where() << "offset_h outside the window";
   CHECK_LT(offset_w_, kernel_w_) << Where() << "offset_w outside the window";
   average_ = unpool.overlap() == UnpoolingParameter_Overlap_AVERAGE;
   overlapping_ = kernel_h_ > stride_h_ || kernel_w_ > stride_w_;
+}
+
+template <typename Dtype>
+bool UnpoolingLayer<Dtype>::TilesTwoByTwo() const {
+  return kernel_h_ == 2 && kernel_w_ == 2 && stride_h_ == 2 &&
+      stride_w_ == 2 && pad_h_ == 0 && pad_w_ == 0 &&
+      height_ == 2 * pooled_height_ && width_ == 2 * pooled_width_;
 }
 
 template <typename Dtype>
@@ -557,6 +746,18 @@ void UnpoolingLayer<Dtype>::Reshape(const vector<Blob<Dtype>*>& bottom,
       << ") to " << ph << " x " << pw << ", not the input's "
       << pooled_height_ << " x " << pooled_width_;
   top[0]->Reshape(bottom[0]->num(), channels_, height_, width_);
+  if (TilesTwoByTwo()) {
+    if (groups_pooled_h_ != pooled_height_ ||
+        groups_pooled_w_ != pooled_width_) {
+      row_groups_ = BuildRowGroups(pooled_height_, pooled_width_,
+                                   offset_h_, offset_w_);
+      groups_pooled_h_ = pooled_height_;
+      groups_pooled_w_ = pooled_width_;
+    }
+  } else {
+    row_groups_.reset();
+    groups_pooled_h_ = groups_pooled_w_ = -1;
+  }
   need_count_ = (average_ && overlapping_) || top.size() > 1;
   if (need_count_) {
     count_.ReshapeLike(*top[0]);
@@ -583,7 +784,9 @@ void UnpoolingLayer<Dtype>::Forward_cpu(const vector<Blob<Dtype>*>& bottom,
     // when stride > kernel, rows past the last window) are zeros. Known
     // switches are checked per pooled row by counting the values that
     // landed: a switch inside its window lands in exactly one row of the
-    // window, any other in none.
+    // window, any other in none. 2x2/2 tilings have their own paths: row
+    // groups (AVX-512, rows of up to 32 values), else a plane's rows two
+    // output rows at a time (Unpool2x2Plane*).
     const RowGeometry g(width_, pooled_width_, kernel_w_, stride_w_, pad_w_,
                         offset_w_);
     const bool short_rows = pooled_width_ < 8;
@@ -591,17 +794,29 @@ void UnpoolingLayer<Dtype>::Forward_cpu(const vector<Blob<Dtype>*>& bottom,
     const Dtype* const values_0 = values;
     const Dtype* const switches_0 = switches;
     Dtype* const out_0 = out;
-    const bool tiles_2x2 = kernel_h_ == 2 && kernel_w_ == 2 &&
-        stride_h_ == 2 && stride_w_ == 2 && pad_h_ == 0 && pad_w_ == 0 &&
-        height_ == 2 * pooled_height_ && width_ == 2 * pooled_width_;
+    const bool tiles_2x2 = TilesTwoByTwo();
     const unsigned fixed_r = offset_h_ * width_ + offset_w_;
     // (the SSE2 path streams only rows of a multiple of 16 bytes: then every
     // plane and row starts aligned where the output does)
     const bool stream = top[0]->count() * sizeof(Dtype) >= kUnpoolStreamBytes
         && reinterpret_cast<uintptr_t>(out) % 16 == 0;
+    // short rows: whole periods of planes in row groups, where they fit
+    // (streamed outputs stay on the row loop: there the row groups, which
+    // store through the caches, were no faster for VGG's pool3)
+    const UnpoolRowGroups* const groups = stream ? NULL : row_groups_.get();
     ParallelFor(ThreadsFor(top[0]->count(), kMinValuesPerThread), planes,
         [&](int t, int begin, int end) {
-      for (int p = begin; p < end; ++p) {
+      int p = begin;
+      if (groups) {
+        const int periods = (end - begin) / groups->planes;
+        if (UnpoolRowGroupsWide(*groups, values_0 + p * plane_in,
+                switches_0 ? switches_0 + p * plane_in : NULL, periods,
+                out_0 + p * plane_out)) {
+          p += periods * groups->planes;
+          row_group_planes += periods * groups->planes;
+        }  // else the planes below redo them (and report the bad switch)
+      }
+      for (; p < end; ++p) {
         const Dtype* values = values_0 + p * plane_in;
         const Dtype* switches = switches_0 ? switches_0 + p * plane_in : NULL;
         Dtype* out = out_0 + p * plane_out;

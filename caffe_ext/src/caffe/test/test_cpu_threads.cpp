@@ -10,7 +10,9 @@
 // switches), and the ladder's BatchStats, Normalize and LadderCombinator,
 // forward and backward (parameter gradients included), over 2 and 3
 // threads equal one thread's result bit for bit.
+#include <algorithm>
 #include <atomic>
+#include <cfloat>
 #include <cmath>
 #include <vector>
 
@@ -321,6 +323,92 @@ TYPED_TEST(CpuThreadedLayersTest, MaxPoolingMatchesOneThread) {
   pooling->set_kernel_size(3);
   pooling->set_pad(1);
   this->CheckThreadsMatchOne(param, 1, "max pooling 3x3/2 pad 1");
+}
+
+// 2x2/2 MAX pooling's whole windows (float: four at a time, without
+// branches) against the definition, the generic loop's order and strict >
+// from -FLT_MAX and index -1: ties keep the first value (+0 before -0 and the
+// reverse), NaN never wins, a window of NaN, -inf and -FLT_MAX only gives
+// -FLT_MAX at index -1. Rows of 1-13, 31 and 64-65 values (windows left
+// over after the last four; the ragged last column and row), the argmax as
+// the mask top and, through the backward pass, as the layer's own mask.
+TYPED_TEST(CpuThreadedLayersTest, MaxPooling2x2MatchesDefinition) {
+  typedef TypeParam Dtype;
+  const int shapes[][2] = {{2, 1}, {3, 2}, {2, 3}, {5, 5}, {4, 7}, {2, 8},
+      {3, 9}, {6, 10}, {2, 11}, {4, 12}, {5, 13}, {2, 31}, {4, 64}, {3, 65}};
+  const Dtype specials[] = {Dtype(0), -Dtype(0), Dtype(NAN), -Dtype(INFINITY),
+                            Dtype(-FLT_MAX), Dtype(1), Dtype(-1)};
+  for (int si = 0; si < sizeof(shapes) / sizeof(shapes[0]); ++si) {
+    const int height = shapes[si][0], width = shapes[si][1];
+    for (int backward = 0; backward < 2; ++backward) {
+      Blob<Dtype> x(2, 3, height, width), top, top_mask;
+      caffe_rng_uniform(x.count(), Dtype(-2), Dtype(2), x.mutable_cpu_data());
+      Dtype* data = x.mutable_cpu_data();
+      for (int i = 0; i < x.count(); ++i) {
+        const unsigned r = caffe_rng_rand() % 16;
+        if (r < 7) {  // ties and special values, about half of them
+          data[i] = specials[r];
+        }
+        if (backward && !(data[i] > Dtype(-FLT_MAX))) {
+          // (NaN, -inf, -FLT_MAX:) every window has a winner; the backward
+          // pass would write through a -1 index
+          data[i] = 3;
+        }
+      }
+      LayerParameter param;
+      PoolingParameter* pooling = param.mutable_pooling_param();
+      pooling->set_pool(PoolingParameter_PoolMethod_MAX);
+      pooling->set_kernel_size(2);
+      pooling->set_stride(2);
+      PoolingLayer<Dtype> layer(param);
+      vector<Blob<Dtype>*> bottoms(1, &x), tops(1, &top);
+      if (!backward) {
+        tops.push_back(&top_mask);
+      }
+      layer.SetUp(bottoms, tops);
+      layer.Forward(bottoms, tops);
+      const int ph_n = top.height(), pw_n = top.width();
+      if (backward) {
+        caffe_rng_uniform(top.count(), Dtype(-1), Dtype(1),
+                          top.mutable_cpu_diff());
+        layer.Backward(tops, vector<bool>(1, true), bottoms);
+      }
+      vector<Dtype> want_diff(x.count(), Dtype(0));
+      for (int p = 0; p < 6; ++p) {
+        const Dtype* plane = x.cpu_data() + p * height * width;
+        for (int ph = 0; ph < ph_n; ++ph) {
+          for (int pw = 0; pw < pw_n; ++pw) {
+            Dtype best = -FLT_MAX;
+            int arg = -1;
+            for (int h = 2 * ph; h < std::min(2 * ph + 2, height); ++h) {
+              for (int w = 2 * pw; w < std::min(2 * pw + 2, width); ++w) {
+                if (plane[h * width + w] > best) {
+                  best = plane[h * width + w];
+                  arg = h * width + w;
+                }
+              }
+            }
+            const int i = (p * ph_n + ph) * pw_n + pw;
+            const Dtype got = top.cpu_data()[i];
+            ASSERT_TRUE(got == best && std::signbit(got) == std::signbit(best))
+                << height << " x " << width << " plane " << p << " (" << ph
+                << ", " << pw << "): " << got << ", want " << best;
+            if (backward) {
+              want_diff[p * height * width + arg] += top.cpu_diff()[i];
+            } else {
+              ASSERT_EQ(Dtype(arg), top_mask.cpu_data()[i])
+                  << height << " x " << width << " plane " << p << " (" << ph
+                  << ", " << pw << ")";
+            }
+          }
+        }
+      }
+      for (int i = 0; backward && i < x.count(); ++i) {
+        ASSERT_EQ(want_diff[i], x.cpu_diff()[i])
+            << height << " x " << width << " bottom diff at " << i;
+      }
+    }
+  }
 }
 
 TYPED_TEST(CpuThreadedLayersTest, LeakyReLUMatchesOneThread) {

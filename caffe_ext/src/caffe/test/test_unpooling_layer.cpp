@@ -697,6 +697,77 @@ TYPED_TEST(UnpoolingLayerTest, TestWideSimdMatchesSse2) {
   }
 }
 
+// Rows of up to 32 pooled values take the AVX-512 row groups (float, where
+// the CPU has it): groups of whole rows, run on across planes, each output
+// vector a permute of the group's values. Bit for bit the SSE2 row loop's
+// output: row lengths with 5-8 vectors a group (20-32 values) and none (9,
+// 11, 40: no group fits), plane heights that groups cross (7 rows in groups of 4), planes
+// left over after the last whole period, known switches anywhere in their
+// windows, fixed ones at each of the four offsets, -0 and NaN values. Counts
+// the planes the groups did, so the test fails if they never ran.
+TYPED_TEST(UnpoolingLayerTest, TestRowGroupsMatchRowLoop) {
+  typedef typename TypeParam::Dtype Dtype;
+  if (sizeof(Dtype) != sizeof(float) || Caffe::mode() != Caffe::CPU) {
+    return;  // a float CPU path
+  }
+  if (!UnpoolingUsesWideSimd()) {
+    LOG(WARNING) << "no AVX-512 on this CPU: the path is not tested here";
+    return;
+  }
+  // pooled h, w; planes the groups must take (of 2 x 17: whole periods)
+  const int shapes[][3] = {
+      {7, 7, 32}, {14, 14, 34}, {3, 28, 34}, {2, 7, 34}, {1, 1, 32},
+      {5, 2, 32}, {3, 3, 32}, {2, 4, 32}, {1, 5, 32}, {4, 6, 34},
+      {3, 8, 32}, {2, 10, 34}, {1, 12, 34}, {2, 16, 34}, {1, 32, 34},
+      {3, 9, 0}, {2, 11, 0}, {2, 40, 0}};
+  for (int si = 0; si < sizeof(shapes) / sizeof(shapes[0]); ++si) {
+    const int ph_n = shapes[si][0], pw_n = shapes[si][1];
+    this->values_->Reshape(2, 17, ph_n, pw_n);
+    this->switches_->ReshapeLike(*this->values_);
+    caffe_rng_uniform(this->values_->count(), Dtype(-1), Dtype(1),
+                      this->values_->mutable_cpu_data());
+    this->values_->mutable_cpu_data()[0] = -0.0f;
+    this->values_->mutable_cpu_data()[this->values_->count() - 1] = NAN;
+    for (int i = 0; i < this->values_->count(); ++i) {
+      const int ph = (i / pw_n) % ph_n, pw = i % pw_n;
+      this->switches_->mutable_cpu_data()[i] =
+          (2 * ph + caffe_rng_rand() % 2) * (2 * pw_n) + 2 * pw +
+          caffe_rng_rand() % 2;
+    }
+    for (int mode = 0; mode < 5; ++mode) {  // known; fixed at 4 offsets
+      LayerParameter param = this->Param(2, 2);
+      vector<Blob<Dtype>*> bottom(1, this->values_);
+      if (mode == 0) {
+        bottom.push_back(this->switches_);
+      } else {
+        UnpoolingParameter* u = param.mutable_unpooling_param();
+        u->set_switches(UnpoolingParameter_Switches_FIXED);
+        u->set_offset_h((mode - 1) / 2);
+        u->set_offset_w((mode - 1) % 2);
+      }
+      Blob<Dtype> grouped;
+      vector<Blob<Dtype>*> top(1, this->top_);
+      UnpoolingLayer<Dtype> layer(param);
+      layer.SetUp(bottom, top);
+      const int64_t before = UnpoolingRowGroupPlanes();
+      layer.Forward(bottom, top);
+      EXPECT_EQ(shapes[si][2], UnpoolingRowGroupPlanes() - before)
+          << ph_n << " x " << pw_n << ", mode " << mode;
+      grouped.CopyFrom(*this->top_, false, true);
+      SetUnpoolingWideSimdForTest(false);
+      caffe_set(this->top_->count(), Dtype(7), this->top_->mutable_cpu_data());
+      layer.Forward(bottom, top);
+      SetUnpoolingWideSimdForTest(true);
+      for (int j = 0; j < this->top_->count(); ++j) {
+        const Dtype a = grouped.cpu_data()[j], b = this->top_->cpu_data()[j];
+        ASSERT_TRUE(SameValue(a, b)) << ph_n << " x " << pw_n << ", mode "
+            << mode << ", at " << j << ": " << a << " (groups) vs " << b
+            << " (SSE2)";
+      }
+    }
+  }
+}
+
 // Outputs of 16 MiB and more leave the 2x2/2 path by non-temporal stores
 // (float): the same values as the generic path, the overlapping last four
 // of each row included (514 pooled values a row).
