@@ -15,6 +15,16 @@
 
 namespace caffe {
 
+// Equal as values (NaN to NaN), -0 apart from +0: the fast paths' outputs
+// are the generic path's bit for bit.
+template <typename Dtype>
+static bool SameValue(Dtype a, Dtype b) {
+  if (std::isnan(a) || std::isnan(b)) {
+    return std::isnan(a) && std::isnan(b);
+  }
+  return a == b && std::signbit(a) == std::signbit(b);
+}
+
 template <typename TypeParam>
 class UnpoolingLayerTest : public MultiDeviceTest<TypeParam> {
   typedef typename TypeParam::Dtype Dtype;
@@ -137,10 +147,7 @@ class UnpoolingLayerTest : public MultiDeviceTest<TypeParam> {
     SetUnpoolingWideSimdForTest(true);
     for (int j = 0; j < top_->count(); ++j) {
       const Dtype a = wide.cpu_data()[j], b = top_->cpu_data()[j];
-      const bool same = std::isnan(a) || std::isnan(b)
-          ? std::isnan(a) && std::isnan(b)
-          : a == b && std::signbit(a) == std::signbit(b);
-      if (!same) {
+      if (!SameValue(a, b)) {
         ADD_FAILURE() << "at " << j << ": " << a << " (AVX-512) vs " << b
                       << " (SSE2)";
         return j;
@@ -467,14 +474,6 @@ TYPED_TEST(UnpoolingLayerTest, TestSwitchOutsideWindow) {
 // count top forces it), at shapes with and without remainders, padding, ceil
 // mode, gaps (stride > kernel), kernels the fast path specialises (1-4) and
 // one it does not (5).
-template <typename Dtype>
-static bool SameValue(Dtype a, Dtype b) {
-  if (std::isnan(a) || std::isnan(b)) {
-    return std::isnan(a) && std::isnan(b);
-  }
-  return a == b && std::signbit(a) == std::signbit(b);
-}
-
 TYPED_TEST(UnpoolingLayerTest, TestNonOverlappingMatchesReference) {
   typedef typename TypeParam::Dtype Dtype;
   // kernel h, w; stride h, w; pad h, w; ceil (else floor) mode; pooled h, w;
